@@ -1,0 +1,52 @@
+"""Config access and the checks that run before anything heavy is loaded."""
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from surgeon.data import corpora
+from surgeon.errors import SurgeonError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("model", "calibration", "eval", "curvature", "structure", "schedule", "method", "logger",
+          "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def model_config(name: str) -> DictConfig:
+    return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Unknown group options fail with one line (Hydra's own message spans a dozen)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        for option in value.split(","):
+            if option and option not in ("null",) and option not in options(key):
+                raise SurgeonError(f"unknown {key} '{option}' (choose from: {', '.join(options(key))})")
+
+
+def check(cfg: DictConfig) -> None:
+    """Everything that can be checked without loading a model."""
+    from surgeon import model as models
+    from surgeon import schedule, structure
+    from surgeon.method import Method
+
+    if not 0.0 <= float(cfg.sparsity) < 1.0:
+        raise SurgeonError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
+    st = structure.build(cfg.structure)
+    if cfg.structure.name not in cfg.method.structures:
+        raise SurgeonError(f"method={cfg.method.name} cannot do structure={cfg.structure.name} "
+                           f"(it can: {', '.join(cfg.method.structures)})")
+    Method(cfg.method, cfg.curvature, st)
+    schedule.get(cfg.schedule.name)
+    models.check(cfg.model)
+    for name in [cfg.calibration.corpus, *cfg.eval.corpora]:
+        corpora.check(name)
+    for key in ("num_samples", "seq_len"):
+        if int(cfg.calibration[key]) < 1:
+            raise SurgeonError(f"calibration.{key} must be positive, got {cfg.calibration[key]}")

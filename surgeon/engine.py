@@ -1,0 +1,119 @@
+"""The layer-by-layer engine: only one decoder layer is on the accelerator at a time.
+
+1. capture: run the model's trunk (embeddings, rotary tables, masks) on the calibration windows
+   with every decoder layer stubbed out, recording the inputs of layer 0 and the keyword
+   arguments each layer receives (masks and position embeddings differ between Gemma 3's sliding
+   and global layers, so each layer keeps its own).
+2. for each layer: feed the inputs through it once with hooks that accumulate each linear's
+   curvature statistics, prune, then feed them again so the *pruned* layer's outputs become the
+   next layer's inputs (errors of earlier layers are seen and compensated by later ones).
+This keeps a 70B model prunable on one GPU: the rest of the model stays on the CPU.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class _Captured(Exception):
+    """Raised by the last stubbed layer: the trunk ran, nothing after it needs to."""
+
+
+@dataclass
+class Captured:
+    inputs: list[torch.Tensor]              # layer-0 inputs, one (1, seq, hidden) per window
+    layer_kwargs: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _trunk(adapter):
+    """The decoder's modules other than its layers (embeddings, positions, rotary, norms)."""
+    layers = adapter.layers()
+    return [m for m in adapter.decoder().children() if m is not layers]
+
+
+@torch.no_grad()
+def capture(adapter, windows: torch.Tensor, device: torch.device) -> Captured:
+    layers = adapter.layers()
+    result = Captured(inputs=[], layer_kwargs=[None] * len(layers))
+
+    def stub(i):
+        def forward(hidden_states, *args, **kwargs):
+            if args:
+                raise TypeError("decoder layers are expected to take keyword arguments only")
+            if i == 0:
+                result.inputs.append(hidden_states)
+            if result.layer_kwargs[i] is None:
+                result.layer_kwargs[i] = kwargs
+            if i == len(layers) - 1:
+                raise _Captured
+            return hidden_states
+        return forward
+
+    trunk = _trunk(adapter)
+    for m in trunk:
+        m.to(device)
+    for i, layer in enumerate(layers):
+        layer.forward = stub(i)  # instance attribute: shadows the class method, keeps attributes
+    try:
+        for w in windows:  # one window at a time: the recorded kwargs fit every later call
+            try:
+                adapter.model(w.unsqueeze(0).to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        for layer in layers:
+            del layer.forward
+    return result
+
+
+@torch.no_grad()
+def forward_layer(layer, inputs: list[torch.Tensor], kwargs: dict) -> list[torch.Tensor]:
+    outs = []
+    for x in inputs:
+        y = layer(x, **kwargs)
+        outs.append(y[0] if isinstance(y, tuple) else y)
+    return outs
+
+
+@torch.no_grad()
+def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: float,
+                    device: torch.device, offload: torch.device = torch.device("cpu")) -> list[dict]:
+    """Prunes every decoder layer to `sparsity` with `method`; returns per-linear records."""
+    layers = adapter.layers()
+    data = capture(adapter, windows, device) if method.needs_data else None
+    records = []
+    for i, layer in enumerate(layers):
+        t0 = time.time()
+        layer.to(device)
+        linears = adapter.prunable_linears(layer)
+        curvs = {name: method.new_curvature(lin) for name, lin in linears.items()}
+        if data is not None:
+            hooks = [lin.register_forward_hook(lambda mod, inp, out, c=curvs[name]: c.add_batch(inp[0]))
+                     for name, lin in linears.items()]
+            try:
+                forward_layer(layer, data.inputs, data.layer_kwargs[i])
+            finally:
+                for h in hooks:
+                    h.remove()
+        for name, lin in linears.items():
+            removed = method.prune(lin, curvs[name], sparsity)
+            records.append({"layer": i, "name": name, "numel": removed.numel(),
+                            "sparsity": removed.float().mean().item()})
+        del curvs
+        if data is not None:
+            data.inputs = forward_layer(layer, data.inputs, data.layer_kwargs[i])
+        layer.to(offload)
+        log.info("layer %d/%d pruned in %.1fs", i + 1, len(layers), time.time() - t0)
+    if data is not None:
+        for m in _trunk(adapter):
+            m.to(offload)
+    return records

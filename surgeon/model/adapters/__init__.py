@@ -1,0 +1,25 @@
+"""Registry of architecture adapters, keyed by `config.model_type`."""
+from surgeon.errors import SurgeonError
+from surgeon.model.adapters.base import Adapter, Attention, Mlp
+from surgeon.model.adapters.gemma3 import Gemma3Adapter
+from surgeon.model.adapters.llama import LlamaAdapter
+from surgeon.model.adapters.opt import OptAdapter
+from surgeon.model.adapters.qwen2 import Qwen2Adapter
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    t: cls for cls in (LlamaAdapter, Qwen2Adapter, Gemma3Adapter, OptAdapter) for t in cls.model_types
+}
+
+
+def check_model_type(model_type: str) -> None:
+    if model_type not in ADAPTERS:
+        raise SurgeonError(f"no architecture adapter for model_type '{model_type}' "
+                           f"(have: {', '.join(sorted(ADAPTERS))}); add one in surgeon/model/adapters/")
+
+
+def adapter_for(model) -> Adapter:
+    check_model_type(model.config.model_type)
+    return ADAPTERS[model.config.model_type](model)
+
+
+__all__ = ["ADAPTERS", "Adapter", "Attention", "Mlp", "adapter_for", "check_model_type"]

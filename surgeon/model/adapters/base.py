@@ -1,0 +1,73 @@
+"""The architecture adapter: the only code that knows module names such as `q_proj` or `fc1`.
+
+Everything else asks an adapter for the decoder layers, the prunable linears of a layer and the
+structures of a layer (attention heads grouped by KV head, FFN neurons), so supporting a new
+decoder-only family is one small subclass.
+"""
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class Attention:
+    """The projections of one attention block and its head geometry (GQA: heads share KV)."""
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass
+class Mlp:
+    """`inputs` map the hidden state to the FFN neurons (gate/up or fc1); `output` maps back."""
+    inputs: list[nn.Linear]
+    output: nn.Linear
+
+
+class Adapter:
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # -- subclasses fill these in --------------------------------------------------------------
+    def decoder(self) -> nn.Module:
+        """The module that owns `layers` (and the embeddings / final norm)."""
+        return self.model.model
+
+    def attention(self, layer: nn.Module) -> Attention:
+        raise NotImplementedError
+
+    def mlp(self, layer: nn.Module) -> Mlp:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    def layers(self) -> nn.ModuleList:
+        return self.decoder().layers
+
+    def prunable_linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
+        """The decoder layer's linears, by their name inside the layer, in forward order."""
+        att, mlp = self.attention(layer), self.mlp(layer)
+        mods = [att.q, att.k, att.v, att.o, *mlp.inputs, mlp.output]
+        names = {id(m): n for n, m in layer.named_modules()}
+        return {names[id(m)]: m for m in mods}
+
+    def prunable_parameters(self) -> int:
+        return sum(lin.weight.numel() for layer in self.layers()
+                   for lin in self.prunable_linears(layer).values())
+
+    def nonzero_prunable_parameters(self) -> int:
+        return sum(int((lin.weight != 0).sum()) for layer in self.layers()
+                   for lin in self.prunable_linears(layer).values())
+
+
+def attention_geometry(config) -> tuple[int, int, int]:
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return heads, kv, head_dim

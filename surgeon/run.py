@@ -1,0 +1,164 @@
+"""Entry point: `python -m surgeon.run [group=option ...] [key=value ...]` (Hydra; -m for sweeps).
+
+check config -> load model -> dense perplexity (cached) -> calibrate + prune (schedule) ->
+measure sparsity -> pruned perplexity -> save -> results.json + W&B -> one-line summary.
+"""
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from surgeon import config as config_checks
+from surgeon import structure as structures
+from surgeon.errors import SurgeonError
+
+log = logging.getLogger("surgeon")
+
+
+def _threads(cfg) -> int:
+    """All cores for one job; parallel sweep jobs (joblib) split them instead of oversubscribing."""
+    if cfg.threads:
+        return int(cfg.threads)
+    cores = os.cpu_count() or 1
+    try:
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")):
+            jobs = int(launcher.n_jobs)
+            return max(1, cores // (cores if jobs < 1 else jobs))
+    except ValueError:  # no Hydra context (called from Python)
+        pass
+    return cores
+
+
+def execute(cfg: DictConfig, out_dir: Path) -> dict:
+    from surgeon import engine, schedule
+    from surgeon import eval as evaluation
+    from surgeon import model as models
+    from surgeon.data.windows import calibration_windows
+    from surgeon.method import Method
+    from surgeon.tracking import results, wandb_logger
+
+    t_start = time.time()
+    config_checks.check(cfg)  # fails fast, before any model is loaded
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(_threads(cfg))
+    device = engine.resolve_device(cfg.device)
+    structure = structures.build(cfg.structure)
+    method = Method(cfg.method, cfg.curvature, structure)
+    target = structure.target(float(cfg.sparsity))
+
+    model, tokenizer = models.load(cfg.model)
+    adapter = models.adapter_for(model)
+    for layer in adapter.layers():
+        for lin in adapter.prunable_linears(layer).values():
+            structure.check(lin.in_features)
+    bos = tokenizer.bos_token_id if cfg.model.add_bos else None
+    logger = wandb_logger.build(cfg.logger, cfg, out_dir)
+    times = {}
+
+    t = time.time()
+    eval_windows = evaluation.build_windows(cfg.eval, tokenizer, bos)
+    protocol = evaluation.protocol(cfg.eval, eval_windows)
+    eval_device = device
+    def dense():
+        model.to(eval_device)
+        ppl = evaluation.evaluate(model, eval_windows, eval_device, cfg.eval.batch_size,
+                                  lambda m: log.info("dense %s", m))
+        model.to("cpu")
+        return ppl
+    key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
+           **{k: v for k, v in protocol.items() if k != "windows"}}
+    ppl_dense = evaluation.dense_cached(key, dense) if cfg.eval.cache_dense else dense()
+    times["eval_dense"] = time.time() - t
+    params_dense = adapter.prunable_parameters()
+
+    t = time.time()
+    windows = None
+    if method.needs_data:
+        windows = calibration_windows(cfg.calibration.corpus, tokenizer, int(cfg.calibration.num_samples),
+                                      int(cfg.calibration.seq_len), int(cfg.calibration.seed), bos)
+    times["calibration_data"] = time.time() - t
+
+    t = time.time()
+    log.info("pruning %s with %s (%s, %s) to %.0f%%", cfg.model.name, cfg.method.name,
+             cfg.curvature.name, cfg.structure.name, 100 * target)
+    records = schedule.get(cfg.schedule.name).run(adapter, windows, method, target, device, cfg=cfg,
+                                                  logger=logger)
+    times["prune"] = time.time() - t  # includes the calibration forward passes, layer by layer
+
+    params_pruned = adapter.nonzero_prunable_parameters()
+    achieved = 1 - params_pruned / params_dense
+
+    t = time.time()
+    model.to(eval_device)
+    ppl = evaluation.evaluate(model, eval_windows, eval_device, cfg.eval.batch_size,
+                              lambda m: log.info("pruned %s", m))
+    times["eval"] = time.time() - t
+
+    if cfg.save:
+        save_dir = out_dir / "model"
+        model.to("cpu").save_pretrained(save_dir)
+        tokenizer.save_pretrained(save_dir)
+    times["total"] = time.time() - t_start
+
+    res = {
+        "model": cfg.model.name, "method": cfg.method.name, "curvature": cfg.curvature.name,
+        "structure": _structure_name(cfg.structure), "schedule": cfg.schedule.name, "seed": int(cfg.seed),
+        "target_sparsity": target, "achieved_sparsity": achieved,
+        "params_dense": params_dense, "params_pruned": params_pruned,
+        "ppl_dense": ppl_dense, "ppl": ppl, "eval_protocol": protocol,
+        "calibration": {"corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
+                        "seq_len": int(cfg.calibration.seq_len)},
+        "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
+        "threads": torch.get_num_threads(), "layers": records,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    results.write_json_atomic(out_dir / "results.json", res)
+    logger.summary({k: v for k, v in res.items() if k not in ("layers", "config")})
+    logger.log({**{f"ppl/{k}": v for k, v in ppl.items()}, "achieved_sparsity": achieved})
+    logger.finish()
+    print(summary_line(res), flush=True)
+    return res
+
+
+def _structure_name(cfg) -> str:
+    return f"{cfg.n}:{cfg.m}" if cfg.name == "nm" else cfg.name
+
+
+def summary_line(res: dict) -> str:
+    ppl = ", ".join(f"{k} {res['ppl_dense'][k]:.2f} -> {v:.2f}" for k, v in res["ppl"].items())
+    return (f"[surgeon] {res['model']} {res['method']} {res['structure']} "
+            f"sparsity {res['achieved_sparsity']:.3f} (target {res['target_sparsity']:.3f}) | ppl {ppl} | "
+            f"{res['time_s']['total']:.0f}s, peak {res['peak_rss_mb']:.0f} MB")
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> float | None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        res = execute(cfg, out_dir)
+    except SurgeonError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return None  # one bad job must not take the sweep down
+        sys.exit(2)
+    return next(iter(res["ppl"].values()))
+
+
+def main() -> None:
+    try:
+        config_checks.check_overrides(sys.argv[1:])
+    except SurgeonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Schedules: how the target sparsity is reached (`schedule=<name>`)."""
+from surgeon.errors import SurgeonError
+from surgeon.schedule import one_shot
+
+SCHEDULES = {"one_shot": one_shot}
+
+
+def get(name: str):
+    if name not in SCHEDULES:
+        raise SurgeonError(f"schedule '{name}' is not implemented yet (have: {', '.join(SCHEDULES)})")
+    return SCHEDULES[name]

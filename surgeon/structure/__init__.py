@@ -1,0 +1,15 @@
+"""Structures: what is removed together, chosen by `structure=<name>`."""
+from surgeon.errors import SurgeonError
+from surgeon.structure.nm import NM
+from surgeon.structure.unstructured import Unstructured
+
+
+def build(cfg):
+    if cfg.name == "unstructured":
+        return Unstructured()
+    if cfg.name == "nm":
+        return NM(int(cfg.n), int(cfg.m))
+    raise SurgeonError(f"structure '{cfg.name}' is not implemented yet")
+
+
+__all__ = ["NM", "Unstructured", "build"]
