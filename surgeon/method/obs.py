@@ -13,7 +13,7 @@ import torch
 def obs_prune(weight: torch.Tensor, hinv: torch.Tensor, structure, sparsity: float,
               scope: str = "layer", blocksize: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (pruned and updated weight, boolean mask of removed weights)."""
-    W = weight.float().clone()
+    W = weight.to(hinv.dtype).clone()  # float32 in runs; float64 in tests
     rows, cols = W.shape
     U = torch.linalg.cholesky(hinv, upper=True)
     d = torch.diag(U)

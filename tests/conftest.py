@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from surgeon.config import CONF_DIR
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
+def compose_cfg():
+    """Compose the real config tree with overrides, as the command line would."""
+    def _compose(*overrides):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides), return_hydra_config=False)
+    return _compose
+
+
+def tiny_model(name: str, vocab: int = 256):
+    from surgeon.model.load import _tiny
+
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    cfg.config.vocab_size = vocab
+    return _tiny(cfg, torch.float32)
+
+
+TINY = ["tiny_llama", "tiny_opt", "tiny_qwen2", "tiny_gemma3"]

@@ -1,0 +1,72 @@
+"""Every config composes; bad input fails with one clear line before any model is loaded."""
+import subprocess
+import sys
+
+import pytest
+
+from surgeon import config
+from surgeon.errors import SurgeonError
+
+
+@pytest.mark.parametrize("group", [g for g in config.GROUPS if g != "experiment"])
+def test_every_group_option_composes(compose_cfg, group):
+    for option in config.options(group):
+        cfg = compose_cfg(f"{group}={option}")
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("preset", config.options("experiment"))
+def test_every_experiment_preset_composes(compose_cfg, preset):
+    cfg = compose_cfg(f"+experiment={preset}")
+    assert cfg.model.name
+
+
+def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
+    assert compose_cfg("method=sparsegpt").curvature.name == "hessian"
+    assert compose_cfg("method=wanda").curvature.name == "diagonal"
+    assert compose_cfg("method=magnitude").curvature.name == "identity"
+    assert compose_cfg("method=sparsegpt", "curvature=diagonal").curvature.name == "diagonal"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sparsity=1.2"], "sparsity must be in [0, 1), got 1.2"),
+    (["sparsity=-0.1"], "sparsity must be in [0, 1)"),
+    (["structure=nm", "structure.n=4", "structure.m=2"], "structure=nm needs 0 < n < m, got n=4 m=2"),
+    (["structure=nm", "structure.n=4", "structure.m=4"], "structure=nm needs 0 < n < m"),
+    (["method.update=sgd"], "method.update 'sgd' is not one of none, obs"),
+    (["method.structures=[unstructured]", "structure=nm"], "method=sparsegpt cannot do structure=nm"),
+    (["eval.corpora=[wikitext103]"], "unknown corpus 'wikitext103'"),
+    (["model=local", "model.path=/nonexistent"], "model.path '/nonexistent' is not a folder"),
+    (["model=tiny_llama", "model.model_type=mamba"], "no architecture adapter for model_type 'mamba'"),
+])
+def test_bad_config_errors(compose_cfg, overrides, message):
+    with pytest.raises(SurgeonError, match=None) as err:
+        config.check(compose_cfg(*overrides))
+    assert message in str(err.value)
+
+
+def test_missing_asset_package_names_the_pip_command():
+    from surgeon import assets
+
+    assets.PACKAGES["surgeon_no_such_pkg"] = "surgeon-no-such-pkg==1.0"
+    with pytest.raises(SurgeonError, match="pip install --no-deps surgeon-no-such-pkg==1.0"):
+        assets.require("surgeon_no_such_pkg")
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("model=nope", "error: unknown model 'nope' (choose from:"),
+    ("method=nope", "error: unknown method 'nope' (choose from: magnitude,"),
+    ("sparsity=1.2", "error: sparsity must be in [0, 1), got 1.2"),
+])
+def test_command_line_errors_are_one_line(arg, message):
+    proc = subprocess.run([sys.executable, "-m", "surgeon.run", arg, "logger=none"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+
+
+def test_hub_model_offline_fails_fast(monkeypatch, compose_cfg):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SurgeonError, match="needs the Hugging Face hub.*offline models: smollm2_135m"):
+        config.check(compose_cfg("model=opt_125m"))
