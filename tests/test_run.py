@@ -1,0 +1,61 @@
+"""A whole run on a tiny model: the results.json contract, saving and reloading, the tables."""
+import json
+
+import pytest
+import torch
+
+from surgeon.run import execute
+
+CONTRACT = ["model", "method", "curvature", "structure", "schedule", "seed", "target_sparsity",
+            "achieved_sparsity", "params_dense", "params_pruned", "ppl_dense", "ppl", "eval_protocol",
+            "time_s", "peak_rss_mb", "config"]
+QUICK = ["model=tiny_llama", "logger=none", "calibration.num_samples=4", "calibration.seq_len=64",
+         "eval.seq_len=64", "eval.max_tokens=512", "eval.cache_dense=false"]
+
+
+def test_run_contract_and_saved_model_reloads(compose_cfg, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from surgeon import eval as evaluation
+    from surgeon.model.load import load_tokenizer
+
+    cfg = compose_cfg(*QUICK, "method=sparsegpt", "structure=nm", "save=true")
+    res = execute(cfg, tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    for key in CONTRACT:
+        assert key in on_disk, key
+    assert on_disk["structure"] == "2:4" and on_disk["target_sparsity"] == 0.5
+    assert on_disk["achieved_sparsity"] == pytest.approx(0.5)
+    assert set(on_disk["ppl"]) == {"wiki_heldout", "webtext", "ptb"}
+    assert on_disk["eval_protocol"]["tokens"]["ptb"] == 512
+    assert set(on_disk["time_s"]) >= {"prune", "eval", "total"}
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32).eval()
+    windows = evaluation.build_windows(cfg.eval, load_tokenizer("smollm2_135m"), None)
+    ppl = evaluation.evaluate(reloaded, windows, torch.device("cpu"), 1)
+    for corpus, value in res["ppl"].items():
+        assert ppl[corpus] == pytest.approx(value, rel=1e-5)
+
+
+def test_tables_from_synthetic_results(tmp_path):
+    from surgeon import tables
+
+    def write(i, method, structure, sparsity, ppl):
+        d = tmp_path / str(i)
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({
+            "method": method, "structure": structure, "target_sparsity": sparsity,
+            "ppl": {"wiki_heldout": ppl}, "ppl_dense": {"wiki_heldout": 20.0},
+            "eval_protocol": {"seq_len": 512, "tokens": {"wiki_heldout": 65536}}}))
+
+    write(0, "magnitude", "unstructured", 0.5, 90.0)
+    write(1, "sparsegpt", "unstructured", 0.5, 30.0)
+    write(2, "sparsegpt", "2:4", 0.5, 45.0)
+    write(3, "wanda", "2:4", 0.5, 50.0)
+    tables.main([str(tmp_path)])
+    md = (tmp_path / "tables.md").read_text().splitlines()
+    assert "| method | unstructured 50% | 2:4 |" in md
+    assert "| dense | 20.00 | 20.00 |" in md
+    assert "| magnitude | 90.00 | — |" in md
+    assert "| sparsegpt | **30.00** | **45.00** |" in md
+    assert "\\textbf{30.00}" in (tmp_path / "tables.tex").read_text()
