@@ -117,3 +117,73 @@ def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: flo
         for m in _trunk(adapter):
             m.to(offload)
     return records
+
+
+def collect_full(adapter, windows: torch.Tensor, method, device: torch.device, fisher: str = "empirical",
+                 seed: int = 0) -> tuple[dict, dict]:
+    """Statistics of every prunable linear at once, from passes of the whole model (one window
+    at a time). With gradients, each window runs forward + backward on the summed next-token
+    loss; parameters get no gradients (only activations do), which saves the weight-gradient
+    matmuls and their memory."""
+    from surgeon.curvature import needs_gradients
+
+    grads = needs_gradients(method.curvature_cfg)
+    linears = {(i, name): lin for i, layer in enumerate(adapter.layers())
+               for name, lin in adapter.prunable_linears(layer).items()}
+    curvs = {key: method.new_curvature(lin) for key, lin in linears.items()}
+
+    def hook(curv):
+        def fn(mod, inp, out):
+            curv.add_batch(inp[0].detach())
+            if grads and out.requires_grad:
+                out.register_hook(lambda g: curv.add_grad(g.detach()))
+        return fn
+
+    model = adapter.model.to(device)
+    hooks = [lin.register_forward_hook(hook(curvs[key])) for key, lin in linears.items()]
+    if grads:  # make activations differentiable without asking for parameter gradients
+        hooks.append(model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(False)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    try:
+        for w in (windows if method.needs_data else []):
+            w = w.unsqueeze(0).to(device)
+            if not grads:
+                with torch.no_grad():
+                    model(w, use_cache=False)
+                continue
+            with torch.enable_grad():
+                logits = model(w, use_cache=False).logits[:, :-1].float()
+                if fisher == "true":  # labels from the model's own predictive distribution
+                    with torch.no_grad():
+                        labels = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1,
+                                                   generator=gen).view(1, -1)
+                else:
+                    labels = w[:, 1:]
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                         labels.reshape(-1), reduction="sum")
+                loss.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    return linears, curvs
+
+
+def prune(adapter, windows, method, sparsity: float, device: torch.device, seed: int = 0) -> list[dict]:
+    """One pruning step to `sparsity`: layer by layer when every decision is local, otherwise
+    (global allocation, gradients, correlated updates) from whole-model statistics."""
+    if not method.is_global:
+        return prune_layerwise(adapter, windows, method, sparsity, device)
+    from surgeon.method.global_step import prune_global
+
+    t = time.time()
+    linears, curvs = collect_full(adapter, windows, method, device,
+                                  method.curvature_cfg.get("fisher", "empirical"), seed)
+    log.info("curvature of %d linears estimated in %.1fs", len(linears), time.time() - t)
+    records = prune_global(linears, curvs, method, sparsity)
+    adapter.model.to("cpu")
+    return records

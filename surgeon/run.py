@@ -88,8 +88,23 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     t = time.time()
     log.info("pruning %s with %s (%s, %s) to %.0f%%", cfg.model.name, cfg.method.name,
              cfg.curvature.name, cfg.structure.name, 100 * target)
+    shots = []
+
+    def on_shot(t: int, shot_target: float) -> None:
+        entry = {"shot": t, "target_sparsity": shot_target,
+                 "achieved_sparsity": 1 - adapter.nonzero_prunable_parameters() / params_dense}
+        if cfg.schedule.get("eval_each_shot"):
+            corpus, w = next(iter(eval_windows.items()))
+            w = w[: max(1, int(cfg.schedule.eval_max_tokens) // w.shape[1])]
+            entry["ppl"] = {corpus: evaluation.perplexity(model.to(eval_device), w, eval_device,
+                                                          cfg.eval.batch_size)}
+        shots.append(entry)
+        logger.log({"shot": t, "shot_sparsity": entry["achieved_sparsity"],
+                    **{f"shot_ppl/{k}": v for k, v in entry.get("ppl", {}).items()}})
+        log.info("shot %d: sparsity %.3f %s", t, entry["achieved_sparsity"], entry.get("ppl", ""))
+
     records = schedule.get(cfg.schedule.name).run(adapter, windows, method, target, device, cfg=cfg,
-                                                  logger=logger)
+                                                  on_shot=on_shot)
     times["prune"] = time.time() - t  # includes the calibration forward passes, layer by layer
 
     params_pruned = adapter.nonzero_prunable_parameters()
@@ -116,7 +131,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         "calibration": {"corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
                         "seq_len": int(cfg.calibration.seq_len)},
         "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
-        "threads": torch.get_num_threads(), "layers": records,
+        "threads": torch.get_num_threads(), "shots": shots, "layers": records,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     results.write_json_atomic(out_dir / "results.json", res)

@@ -3,12 +3,18 @@ from surgeon.curvature.base import Curvature, robust_cholesky_inverse
 from surgeon.curvature.diagonal import Diagonal
 from surgeon.curvature.hessian import Hessian
 from surgeon.curvature.identity import Identity
+from surgeon.curvature.kfac import KFAC
 
-CURVATURES: dict[str, type[Curvature]] = {"identity": Identity, "diagonal": Diagonal, "hessian": Hessian}
+CURVATURES: dict[str, type[Curvature]] = {"identity": Identity, "diagonal": Diagonal, "hessian": Hessian,
+                                        "kfac": KFAC}
 
 
 def build(cfg, linear) -> Curvature:
     return CURVATURES[cfg.name](linear, cfg)
+
+
+def needs_gradients(cfg) -> bool:
+    return cfg.name == "kfac" or (cfg.name == "diagonal" and cfg.get("source") == "kfac")
 
 
 __all__ = ["CURVATURES", "Curvature", "build", "robust_cholesky_inverse"]

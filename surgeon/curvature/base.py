@@ -1,42 +1,55 @@
 """The curvature interface: one object per prunable linear, fed like SparseGPT's `add_batch`.
 
-A curvature estimate answers what removing weights costs in loss. Every backend exposes its
-estimate of the layer Hessian H (in_features x in_features, for the loss ||W X - W' X||^2 / n)
-so that any ranking or OBS update composes with any curvature: OBS on a diagonal H is OBD, on
-H = I it is magnitude pruning.
+Every backend gives its estimate of the loss curvature of the linear's weight W (out x in) as
+Kronecker factors F ~ G (x) A: G over outputs (None = identity), A over inputs. Costs and
+updates are then one piece of math for all of them: OBS on diagonal factors is OBD, on
+G = I and A = X X^T it is the layer-wise OBS of SparseGPT, and on K-FAC factors it is the
+LLM Surgeon's. `matrix()` is the input-side factor alone, for SparseGPT's sequential update.
 """
 import torch
 from torch import nn
 
 
 class Curvature:
-    needs_data = True     # False: costs come from the weights alone, skip the calibration pass
+    needs_data = True        # False: costs come from the weights alone, skip the calibration pass
+    needs_gradients = False  # True: a forward+backward pass of the full model feeds add_grad
 
     def __init__(self, linear: nn.Linear, cfg):
         self.cfg = cfg
         self.in_features = linear.in_features
+        self.out_features = linear.out_features
         self.device = linear.weight.device
         self.tokens = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
         """`inp`: the linear's input, any leading shape, last dim `in_features`."""
 
+    def add_grad(self, grad_out: torch.Tensor) -> None:
+        """`grad_out`: the loss gradient w.r.t. the linear's output."""
+
     def matrix(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def factors(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(G, A), undamped; G None means identity."""
+        return None, self.matrix()
+
     def damped(self, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """H with dead inputs fixed (their weights are zeroed: they never matter) and relative
-        damping `cfg.damp * mean(diag H)` added, as SparseGPT does."""
+        """The input factor with dead inputs fixed (their weights are zeroed: they never
+        matter) and relative damping `cfg.damp * mean(diag)` added, as SparseGPT does."""
         H = self.matrix().clone()
         dead = torch.diag(H) == 0
-        H[dead, dead] = 1.0
         if weight is not None:
             weight[:, dead] = 0
-        H.diagonal().add_(self.cfg.damp * torch.mean(torch.diag(H)))
-        return H
+        return damp_(H, self.cfg.damp)
 
     def inverse(self, weight=None) -> torch.Tensor:
         return robust_cholesky_inverse(self.damped(weight))
+
+    def damped_factors(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        G, A = self.factors()
+        return (None if G is None else damp_(G.clone(), self.cfg.get("damp_g", self.cfg.damp)),
+                damp_(A.clone(), self.cfg.get("damp_a", self.cfg.damp)))
 
     def element_costs(self, weight: torch.Tensor) -> torch.Tensor:
         """OBS saliency w_q^2 / [H^-1]_qq of removing each weight alone (factor 1/2 dropped)."""
@@ -45,6 +58,14 @@ class Curvature:
     @staticmethod
     def flat(inp: torch.Tensor) -> torch.Tensor:
         return inp.reshape(-1, inp.shape[-1]).float()
+
+
+def damp_(M: torch.Tensor, damp: float) -> torch.Tensor:
+    """In place: dead directions get a unit diagonal, then damp * mean(diag) is added."""
+    dead = torch.diag(M) == 0
+    M[dead, dead] = 1.0
+    M.diagonal().add_(damp * torch.mean(torch.diag(M)))
+    return M
 
 
 def robust_cholesky_inverse(H: torch.Tensor, tries: int = 6) -> torch.Tensor:

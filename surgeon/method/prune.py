@@ -4,7 +4,9 @@ allocation scope (where costs are compared) + an update rule (what the survivors
   magnitude: identity curvature, per-layer ranking, no update
   wanda:     activation-diagonal curvature, per-output-row ranking, no update
   sparsegpt: layer Hessian, per-layer (block-adaptive) ranking, sequential OBS update
-Any other combination is valid too (e.g. `method=sparsegpt curvature=diagonal`).
+  llm_surgeon: K-FAC, one global threshold, correlated OBS updates, multi-shot
+  k_obd / l_obd: K-FAC or activation diagonals, global threshold, no update
+Any other combination is valid too (e.g. `method=llm_surgeon curvature=diagonal`).
 """
 import torch
 
@@ -12,8 +14,8 @@ from surgeon import curvature as curvatures
 from surgeon.errors import SurgeonError
 from surgeon.method.obs import obs_prune
 
-UPDATES = ("none", "obs")
-ALLOCATIONS = ("layer", "row")
+UPDATES = ("none", "obs", "correlated")
+ALLOCATIONS = ("layer", "row", "global")
 
 
 class Method:
@@ -26,6 +28,17 @@ class Method:
         if curvature_cfg.name not in curvatures.CURVATURES:
             raise SurgeonError(f"curvature '{curvature_cfg.name}' is not implemented yet")
         self.cfg, self.curvature_cfg, self.structure = cfg, curvature_cfg, structure
+        if update == "obs" and (self.is_global or structure.name == "rows_cols"):
+            raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
+                               "a curvature without gradients and an unstructured or N:M structure")
+        if cfg.allocation == "row" and structure.name == "rows_cols":
+            raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
+
+    @property
+    def is_global(self) -> bool:
+        """Decisions need whole-model statistics, not one layer's."""
+        return (self.cfg.allocation == "global" or self.cfg["update"] == "correlated"
+                or self.structure.name == "rows_cols" or curvatures.needs_gradients(self.curvature_cfg))
 
     @property
     def needs_data(self) -> bool:

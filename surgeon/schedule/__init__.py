@@ -1,8 +1,8 @@
 """Schedules: how the target sparsity is reached (`schedule=<name>`)."""
 from surgeon.errors import SurgeonError
-from surgeon.schedule import one_shot
+from surgeon.schedule import linear, one_shot
 
-SCHEDULES = {"one_shot": one_shot}
+SCHEDULES = {"one_shot": one_shot, "linear": linear}
 
 
 def get(name: str):

@@ -1,6 +1,7 @@
 """Structures: what is removed together, chosen by `structure=<name>`."""
 from surgeon.errors import SurgeonError
 from surgeon.structure.nm import NM
+from surgeon.structure.rows_cols import RowsCols
 from surgeon.structure.unstructured import Unstructured
 
 
@@ -9,7 +10,9 @@ def build(cfg):
         return Unstructured()
     if cfg.name == "nm":
         return NM(int(cfg.n), int(cfg.m))
+    if cfg.name == "rows_cols":
+        return RowsCols()
     raise SurgeonError(f"structure '{cfg.name}' is not implemented yet")
 
 
-__all__ = ["NM", "Unstructured", "build"]
+__all__ = ["NM", "RowsCols", "Unstructured", "build"]

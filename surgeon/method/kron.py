@@ -1,0 +1,80 @@
+"""OBS on Kronecker-factored curvature F = G (x) A (LLM Surgeon, eqs. for costs and updates).
+
+W is the (augmented) weight, R x C. With F^-1 = G^-1 (x) A^-1, removing a set Q of weights costs
+    L_Q = 1/2 w_Q^T [(F^-1)_QQ]^-1 w_Q
+and the optimal change of all weights that forces w_Q to zero is
+    dW = -G^-1 M A^-1,   M_Q = [(F^-1)_QQ]^-1 w_Q  (M zero elsewhere).
+For one element (r, c): (F^-1)_qq = [G^-1]_rr [A^-1]_cc. For a whole row r: (F^-1)_QQ =
+[G^-1]_rr A^-1, so L = 1/2 w_r^T A w_r / [G^-1]_rr and dW = -G^-1[:, r] w_r^T / [G^-1]_rr; columns
+likewise with the roles of G and A swapped. G = None stands for the identity.
+"""
+import torch
+
+from surgeon.curvature.base import robust_cholesky_inverse
+
+
+def inverses(G, A):
+    return (None if G is None else robust_cholesky_inverse(G)), robust_cholesky_inverse(A)
+
+
+def _diag(M, n, like):
+    return torch.ones(n, dtype=like.dtype, device=like.device) if M is None else torch.diag(M)
+
+
+def element_costs(W, Ginv, Ainv):
+    return 0.5 * W ** 2 / torch.outer(_diag(Ginv, W.shape[0], W), torch.diag(Ainv))
+
+
+def row_costs(W, Ginv, A):
+    return 0.5 * ((W @ A) * W).sum(1) / _diag(Ginv, W.shape[0], W)
+
+
+def col_costs(W, G, Ainv):
+    GW = W if G is None else G @ W
+    return 0.5 * (GW * W).sum(0) / torch.diag(Ainv)
+
+
+def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Tensor:
+    """Removes the weights (rows[i], cols[i]) with correlated OBS updates, `max_correlate` at a
+    time (0 = all at once). Each chunk targets the weights as earlier chunks left them, so
+    their updates carry forward. Returns the updated W with the removed weights exactly zero."""
+    W = W.clone()
+    n = len(rows)
+    step = n if max_correlate <= 0 else max_correlate
+    for s in range(0, n, step):
+        r, c = rows[s:s + step], cols[s:s + step]
+        j = torch.arange(len(r), device=W.device)
+        if Ginv is None:  # G = I: weights in different rows do not interact
+            Ginv_rr = (r.unsqueeze(1) == r.unsqueeze(0)).to(W.dtype)
+        else:
+            Ginv_rr = Ginv[r][:, r]
+        m = torch.linalg.solve(Ginv_rr * Ainv[c][:, c], W[r, c])
+        if Ginv is None:
+            left = torch.zeros(W.shape[0], len(r), dtype=W.dtype, device=W.device)
+            left[r, j] = m
+        else:
+            left = Ginv[:, r] * m  # column j is G^-1 e_{r_j} m_j
+        W -= left @ Ainv[c, :]
+    W[rows, cols] = 0.0
+    return W
+
+
+def rows_update(W, Ginv, rows, max_correlate: int) -> torch.Tensor:
+    W = W.clone()
+    step = len(rows) if max_correlate <= 0 else max_correlate
+    for s in range(0, len(rows), step):
+        r = rows[s:s + step]
+        if Ginv is not None:
+            W -= Ginv[:, r] @ torch.linalg.solve(Ginv[r][:, r], W[r, :])
+        W[r, :] = 0.0
+    return W
+
+
+def cols_update(W, Ainv, cols, max_correlate: int) -> torch.Tensor:
+    W = W.clone()
+    step = len(cols) if max_correlate <= 0 else max_correlate
+    for s in range(0, len(cols), step):
+        c = cols[s:s + step]
+        W -= torch.linalg.solve(Ainv[c][:, c], W[:, c].T).T @ Ainv[c, :]
+        W[:, c] = 0.0
+    return W

@@ -1,0 +1,17 @@
+"""`schedule=linear`: LLM Surgeon's multi-shot schedule. Shot t of T prunes to t * target / T,
+with the curvature re-estimated on the partly pruned model before every shot, so later shots
+see (and correct) what earlier ones did. Perplexity can be measured after each shot, which also
+gives the intermediate sizes of one run (a 50% run over 40 shots passes 90%, 80%, ... of the
+dense size)."""
+from surgeon.engine import prune
+
+
+def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
+    shots = int(cfg.schedule.shots)
+    records = []
+    for t in range(1, shots + 1):
+        target = t * sparsity / shots
+        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t)
+        if on_shot:
+            on_shot(t, target)
+    return records

@@ -1,0 +1,208 @@
+"""K-FAC against explicit Fisher matrices; Kronecker OBS updates against constrained least
+squares; the global threshold against brute force; a structured shot against its report."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from surgeon import engine
+from surgeon.curvature import KFAC
+from surgeon.method import Method, allocation, kron
+from surgeon.method.global_step import prune_global
+from surgeon.model import adapter_for
+from surgeon.structure import NM, RowsCols, Unstructured
+from tests.conftest import tiny_model
+
+KCFG = OmegaConf.create({"name": "kfac", "damp": 0.0, "damp_g": 0.0, "damp_a": 0.0, "fisher": "empirical"})
+
+
+def _per_sample_grad(lin, x, label):
+    lin.zero_grad()
+    torch.nn.functional.cross_entropy(lin(x).unsqueeze(0), label.view(1)).backward()
+    return torch.cat([lin.weight.grad, lin.bias.grad.unsqueeze(1)], 1).flatten()
+
+
+def test_kfac_of_one_sample_is_the_explicit_fisher():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(5, 3)
+    x, label = torch.randn(5), torch.tensor(1)
+    curv = KFAC(lin, KCFG)
+    out = lin(x.unsqueeze(0))
+    out.register_hook(lambda g: curv.add_grad(g))
+    curv.add_batch(x.unsqueeze(0))
+    torch.nn.functional.cross_entropy(out, label.view(1)).backward()
+    g = _per_sample_grad(lin, x, label)  # vec([dW | db]) in row-major order
+    torch.testing.assert_close(torch.kron(curv.G, curv.A), torch.outer(g, g), rtol=1e-5, atol=1e-7)
+
+
+def test_kfac_factors_are_expectations_over_samples():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(4, 3)
+    X, labels = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    curv = KFAC(lin, KCFG)
+    for chunk_x, chunk_y in zip(X.split(16), labels.split(16)):  # streamed in batches
+        out = lin(chunk_x)
+        out.register_hook(lambda g: curv.add_grad(g))
+        curv.add_batch(chunk_x)
+        torch.nn.functional.cross_entropy(out, chunk_y, reduction="sum").backward()
+    grads = torch.stack([_per_sample_grad(lin, x, y) for x, y in zip(X, labels)]).view(64, 3, 5)
+    a = torch.cat([X, torch.ones(64, 1)], 1)
+    g = grads[:, :, -1]  # the bias gradient of a sample is its output gradient
+    torch.testing.assert_close(curv.A, a.T @ a / 64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(curv.G, g.T @ g / 64, rtol=1e-5, atol=1e-7)
+    # and each per-sample gradient is exactly g a^T: the Kronecker form holds per sample
+    torch.testing.assert_close(grads, g.unsqueeze(2) * a.unsqueeze(1), rtol=1e-5, atol=1e-7)
+
+
+def test_collect_full_gradients_match_autograd():
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}), KCFG, Unstructured())
+    windows = torch.randint(0, 256, (1, 24))
+    _, curvs = engine.collect_full(adapter, windows, m, torch.device("cpu"))
+    lin = adapter.layers()[1].mlp.down_proj
+    saved = {}
+
+    def keep(mod, inp, out):
+        out.retain_grad()
+        saved["out"] = out
+
+    lin.register_forward_hook(keep)
+    logits = model(windows).logits[:, :-1]
+    torch.nn.functional.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1), reduction="sum").backward()
+    g = saved["out"].grad.reshape(-1, lin.out_features)
+    expected = g.T @ g / g.shape[0]
+    torch.testing.assert_close(curvs[(1, "mlp.down_proj")].G, expected, rtol=1e-3, atol=1e-5 * expected.abs().max().item())
+
+
+def _spd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return M @ M.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def _exact_constrained(W, G, A, Q):
+    """argmin_dW vec(dW)^T (G (x) A) vec(dW) s.t. (W + dW)_Q = 0, by brute force."""
+    Finv = torch.linalg.inv(torch.kron(G, A))
+    w = W.flatten()
+    E = torch.zeros(w.numel(), len(Q), dtype=W.dtype)
+    E[Q, torch.arange(len(Q))] = 1
+    delta = -Finv @ E @ torch.linalg.solve(E.T @ Finv @ E, E.T @ w)
+    return (w + delta).view_as(W)
+
+
+def test_correlated_update_with_whole_layer_chunk_is_exact_least_squares():
+    R, C = 5, 6
+    W = torch.randn(R, C, dtype=torch.float64)
+    G, A = _spd(R, 0), _spd(C, 1)
+    Q = torch.tensor([0, 7, 8, 13, 21, 29])
+    rows, cols = Q // C, Q % C
+    new = kron.correlated_update(W, torch.linalg.inv(G), torch.linalg.inv(A), rows, cols, max_correlate=0)
+    torch.testing.assert_close(new, _exact_constrained(W, G, A, Q), rtol=1e-8, atol=1e-10)
+    # chunked: still exactly zero at Q, and never better than the exact joint solution
+    chunked = kron.correlated_update(W, torch.linalg.inv(G), torch.linalg.inv(A), rows, cols, max_correlate=2)
+    assert (chunked.flatten()[Q] == 0).all()
+    loss = lambda V: ((V - W).flatten() @ torch.kron(G, A) @ (V - W).flatten()).item()  # noqa: E731
+    assert loss(chunked) >= loss(new) - 1e-10
+
+
+def test_correlated_update_with_identity_G_is_per_row_obs():
+    R, C = 4, 6
+    W = torch.randn(R, C, dtype=torch.float64)
+    A = _spd(C, 2)
+    Q = torch.tensor([1, 2, 9, 20])
+    new = kron.correlated_update(W, None, torch.linalg.inv(A), Q // C, Q % C, 0)
+    torch.testing.assert_close(new, _exact_constrained(W, torch.eye(R, dtype=torch.float64), A, Q))
+
+
+@pytest.mark.parametrize("which", ["rows", "cols"])
+def test_row_and_column_updates_are_exact(which):
+    R, C = 5, 4
+    W = torch.randn(R, C, dtype=torch.float64)
+    G, A = _spd(R, 3), _spd(C, 4)
+    if which == "rows":
+        idx = torch.tensor([1, 3])
+        new = kron.rows_update(W, torch.linalg.inv(G), idx, 0)
+        Q = torch.cat([i * C + torch.arange(C) for i in idx])
+        cost = kron.row_costs(W, torch.linalg.inv(G), A)
+    else:
+        idx = torch.tensor([0, 2])
+        new = kron.cols_update(W, torch.linalg.inv(A), idx, 0)
+        Q = torch.cat([torch.arange(R) * C + i for i in idx])
+        cost = kron.col_costs(W, G, torch.linalg.inv(A))
+    exact = _exact_constrained(W, G, A, Q)
+    torch.testing.assert_close(new, exact, rtol=1e-8, atol=1e-10)
+    # the cost of one structure is the loss its removal causes: 1/2 dw^T F dw
+    single = torch.tensor([idx[0]])
+    Q1 = single * C + torch.arange(C) if which == "rows" else torch.arange(R) * C + single
+    d = (_exact_constrained(W, G, A, Q1) - W).flatten()
+    assert cost[idx[0]].item() == pytest.approx(0.5 * (d @ torch.kron(G, A) @ d).item(), rel=1e-8)
+
+
+def test_rows_cols_threshold_counts_overlap_once_and_matches_brute_force():
+    torch.manual_seed(0)
+    shapes = [(6, 4), (3, 8), (5, 5)]
+    rc = [(torch.rand(R), torch.rand(C)) for R, C in shapes]
+    total = sum(R * C for R, C in shapes)
+    for sparsity in (0.2, 0.5, 0.8):
+        picked = allocation.rows_cols([r for r, _ in rc], [c for _, c in rc], sparsity, "global")
+        removed = sum(len(r) * C + len(c) * R - len(r) * len(c) for (r, c), (R, C) in zip(picked, shapes))
+        # brute force over all thresholds: the largest feasible one
+        best = 0
+        for tau in sorted(torch.cat([x for pair in rc for x in pair]).tolist()):
+            n = sum(int((r <= tau).sum()) * C + int((c <= tau).sum()) * R - int((r <= tau).sum()) * int((c <= tau).sum())
+                    for (r, c), (R, C) in zip(rc, shapes))
+            if n <= int(sparsity * total):
+                best = max(best, n)
+        assert removed == best
+
+
+def test_global_nm_groups_are_all_or_nothing():
+    costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
+    masks = allocation.nm_groups(costs, 0.25, 2, 4, "global")
+    per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
+    assert set(per_group.tolist()) <= {0, 2}
+    assert per_group.sum().item() == int(0.5 * per_group.numel()) * 2
+
+
+def test_structured_shot_zeroes_exactly_what_it_reports():
+    model = tiny_model("tiny_opt")
+    adapter = adapter_for(model)
+    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 16})
+    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), RowsCols())
+    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
+    records = prune_global(linears, curvs, m, 0.4)
+    removed = 0
+    for rec, lin in zip(records, linears.values()):
+        W = lin.weight
+        assert int((W == 0).all(1).sum()) == rec["rows_removed"]
+        assert int((W == 0).all(0).sum()) == rec["cols_removed"]
+        r, c = rec["rows_removed"], rec["cols_removed"]
+        removed += r * W.shape[1] + c * W.shape[0] - r * c
+        assert torch.isfinite(W).all()
+    total = sum(lin.weight.numel() for lin in linears.values())
+    assert removed == adapter.prunable_parameters() - adapter.nonzero_prunable_parameters()
+    assert 0.35 < removed / total <= 0.4
+
+
+def test_global_unstructured_shot_hits_budget_across_layers():
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 64})
+    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), Unstructured())
+    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
+    prune_global(linears, curvs, m, 0.5)
+    pruned = adapter.prunable_parameters() - adapter.nonzero_prunable_parameters()
+    assert pruned == int(0.5 * adapter.prunable_parameters())
+    per_layer = [(lin.weight == 0).float().mean().item() for lin in linears.values()]
+    assert max(per_layer) - min(per_layer) > 0.05  # the threshold, not a rule, decides per layer
+
+
+def test_2_4_shot_gives_the_pattern():
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 64})
+    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), NM(2, 4))
+    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
+    prune_global(linears, curvs, m, 0.5)
+    for lin in linears.values():
+        assert ((lin.weight == 0).reshape(lin.out_features, -1, 4).sum(-1) == 2).all()
