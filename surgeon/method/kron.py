@@ -36,25 +36,28 @@ def col_costs(W, G, Ainv):
 
 def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Tensor:
     """Removes the weights (rows[i], cols[i]) with correlated OBS updates, `max_correlate` at a
-    time (0 = all at once). Each chunk targets the weights as earlier chunks left them, so
-    their updates carry forward. Returns the updated W with the removed weights exactly zero."""
-    W = W.clone()
+    time (0 = all at once). Each chunk targets the weights as earlier chunks' updates left them
+    (they carry forward). Returns the updated W with the removed weights exactly zero.
+
+    Updates are linear in M, so M is accumulated over chunks and G^-1 M A^-1 applied once; a
+    chunk only needs the pending update at its own positions, (G^-1[r, :] M) A^-1[:, c]. This
+    turns a full R x C update per chunk into one per shot."""
+    order = torch.argsort(rows * W.shape[1] + cols)  # chunks of whole rows where possible
+    rows, cols = rows[order], cols[order]
+    M = torch.zeros_like(W)
     n = len(rows)
     step = n if max_correlate <= 0 else max_correlate
     for s in range(0, n, step):
         r, c = rows[s:s + step], cols[s:s + step]
-        j = torch.arange(len(r), device=W.device)
+        urows, inverse = torch.unique(r, return_inverse=True)
+        left = M[urows] if Ginv is None else Ginv[urows] @ M            # (rows in chunk) x C
+        pending = (left[inverse] * Ainv[:, c].T).sum(1)                  # (G^-1 M A^-1)[r, c]
         if Ginv is None:  # G = I: weights in different rows do not interact
             Ginv_rr = (r.unsqueeze(1) == r.unsqueeze(0)).to(W.dtype)
         else:
             Ginv_rr = Ginv[r][:, r]
-        m = torch.linalg.solve(Ginv_rr * Ainv[c][:, c], W[r, c])
-        if Ginv is None:
-            left = torch.zeros(W.shape[0], len(r), dtype=W.dtype, device=W.device)
-            left[r, j] = m
-        else:
-            left = Ginv[:, r] * m  # column j is G^-1 e_{r_j} m_j
-        W -= left @ Ainv[c, :]
+        M[r, c] = torch.linalg.solve(Ginv_rr * Ainv[c][:, c], W[r, c] - pending)
+    W = W - (M if Ginv is None else Ginv @ M) @ Ainv
     W[rows, cols] = 0.0
     return W
 
