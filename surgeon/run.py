@@ -65,16 +65,17 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     t = time.time()
     eval_windows = evaluation.build_windows(cfg.eval, tokenizer, bos)
     protocol = evaluation.protocol(cfg.eval, eval_windows)
-    eval_device = device
-    def dense():
-        model.to(eval_device)
-        ppl = evaluation.evaluate(model, eval_windows, eval_device, cfg.eval.batch_size,
-                                  lambda m: log.info("dense %s", m))
+
+    def measure(tag: str, windows_by_corpus: dict = eval_windows) -> dict:
+        model.to(device)  # the whole model for evaluation; pruning moves one layer at a time
+        ppl = evaluation.evaluate(model, windows_by_corpus, device, cfg.eval.batch_size,
+                                  lambda m: log.info("%s %s", tag, m))
         model.to("cpu")
         return ppl
+
     key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
            **{k: v for k, v in protocol.items() if k != "windows"}}
-    ppl_dense = evaluation.dense_cached(key, dense) if cfg.eval.cache_dense else dense()
+    ppl_dense = evaluation.dense_cached(key, lambda: measure("dense")) if cfg.eval.cache_dense else measure("dense")
     times["eval_dense"] = time.time() - t
     params_dense = adapter.prunable_parameters()
 
@@ -95,13 +96,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
                  "achieved_sparsity": 1 - adapter.nonzero_prunable_parameters() / params_dense}
         if cfg.schedule.get("eval_each_shot"):
             corpus, w = next(iter(eval_windows.items()))
-            w = w[: max(1, int(cfg.schedule.eval_max_tokens) // w.shape[1])]
-            entry["ppl"] = {corpus: evaluation.perplexity(model.to(eval_device), w, eval_device,
-                                                          cfg.eval.batch_size)}
+            entry["ppl"] = measure(f"shot {t}", {corpus: w[: max(1, int(cfg.schedule.eval_max_tokens) // w.shape[1])]})
         shots.append(entry)
         logger.log({"shot": t, "shot_sparsity": entry["achieved_sparsity"],
                     **{f"shot_ppl/{k}": v for k, v in entry.get("ppl", {}).items()}})
-        log.info("shot %d: sparsity %.3f %s", t, entry["achieved_sparsity"], entry.get("ppl", ""))
+        log.info("shot %d: sparsity %.3f", t, entry["achieved_sparsity"])
 
     records = schedule.get(cfg.schedule.name).run(adapter, windows, method, target, device, cfg=cfg,
                                                   on_shot=on_shot)
@@ -111,14 +110,12 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     achieved = 1 - params_pruned / params_dense
 
     t = time.time()
-    model.to(eval_device)
-    ppl = evaluation.evaluate(model, eval_windows, eval_device, cfg.eval.batch_size,
-                              lambda m: log.info("pruned %s", m))
+    ppl = measure("pruned")
     times["eval"] = time.time() - t
 
     if cfg.save:
         save_dir = out_dir / "model"
-        model.to("cpu").save_pretrained(save_dir)
+        model.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
     times["total"] = time.time() - t_start
 

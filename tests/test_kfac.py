@@ -165,12 +165,7 @@ def test_global_nm_groups_are_all_or_nothing():
 
 
 def test_structured_shot_zeroes_exactly_what_it_reports():
-    model = tiny_model("tiny_opt")
-    adapter = adapter_for(model)
-    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 16})
-    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), RowsCols())
-    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
-    records = prune_global(linears, curvs, m, 0.4)
+    adapter, linears, records = _surgeon_shot("tiny_opt", RowsCols(), 0.4, max_correlate=16)
     removed = 0
     for rec, lin in zip(records, linears.values()):
         W = lin.weight
@@ -184,13 +179,16 @@ def test_structured_shot_zeroes_exactly_what_it_reports():
     assert 0.35 < removed / total <= 0.4
 
 
-def test_global_unstructured_shot_hits_budget_across_layers():
-    model = tiny_model("tiny_llama")
-    adapter = adapter_for(model)
-    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 64})
-    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), Unstructured())
+def _surgeon_shot(model_name, structure, sparsity, max_correlate=64):
+    adapter = adapter_for(tiny_model(model_name))
+    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": max_correlate})
+    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), structure)
     linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
-    prune_global(linears, curvs, m, 0.5)
+    return adapter, linears, prune_global(linears, curvs, m, sparsity)
+
+
+def test_global_unstructured_shot_hits_budget_across_layers():
+    adapter, linears, _ = _surgeon_shot("tiny_llama", Unstructured(), 0.5)
     pruned = adapter.prunable_parameters() - adapter.nonzero_prunable_parameters()
     assert pruned == int(0.5 * adapter.prunable_parameters())
     per_layer = [(lin.weight == 0).float().mean().item() for lin in linears.values()]
@@ -198,11 +196,6 @@ def test_global_unstructured_shot_hits_budget_across_layers():
 
 
 def test_2_4_shot_gives_the_pattern():
-    model = tiny_model("tiny_llama")
-    adapter = adapter_for(model)
-    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 64})
-    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), NM(2, 4))
-    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
-    prune_global(linears, curvs, m, 0.5)
+    _, linears, _ = _surgeon_shot("tiny_llama", NM(2, 4), 0.5)
     for lin in linears.values():
         assert ((lin.weight == 0).reshape(lin.out_features, -1, 4).sum(-1) == 2).all()

@@ -74,10 +74,5 @@ def rows_update(W, Ginv, rows, max_correlate: int) -> torch.Tensor:
 
 
 def cols_update(W, Ainv, cols, max_correlate: int) -> torch.Tensor:
-    W = W.clone()
-    step = len(cols) if max_correlate <= 0 else max_correlate
-    for s in range(0, len(cols), step):
-        c = cols[s:s + step]
-        W -= torch.linalg.solve(Ainv[c][:, c], W[:, c].T).T @ Ainv[c, :]
-        W[:, c] = 0.0
-    return W
+    """Columns are rows of W^T, whose output-side factor is A (A^-1 is symmetric)."""
+    return rows_update(W.T, Ainv, cols, max_correlate).T
