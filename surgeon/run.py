@@ -153,6 +153,10 @@ def summary_line(res: dict) -> str:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = out_dir / "results.json"
+    if cfg.resume and done.exists():  # written atomically, so it exists only for finished runs
+        print(f"[surgeon] {out_dir} already has results.json: skipped (resume=false reruns it)")
+        return None
     try:
         res = execute(cfg, out_dir)
     except SurgeonError as e:

@@ -59,3 +59,20 @@ def test_tables_from_synthetic_results(tmp_path):
     assert "| magnitude | 90.00 | — |" in md
     assert "| sparsegpt | **30.00** | **45.00** |" in md
     assert "\\textbf{30.00}" in (tmp_path / "tables.tex").read_text()
+
+
+def test_rerun_sweep_skips_finished_jobs(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "surgeon.run", "-m", "method=magnitude,wanda", *QUICK,
+           "eval.corpora=[ptb]", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${method.name}"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    stamp = (tmp_path / "wanda" / "results.json").stat().st_mtime_ns
+    (tmp_path / "magnitude" / "results.json").unlink()  # as if that job had crashed
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "wanda already has results.json: skipped" in second.stdout
+    assert (tmp_path / "wanda" / "results.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "magnitude" / "results.json").exists()
