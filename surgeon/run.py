@@ -125,8 +125,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         "target_sparsity": target, "achieved_sparsity": achieved,
         "params_dense": params_dense, "params_pruned": params_pruned,
         "ppl_dense": ppl_dense, "ppl": ppl, "eval_protocol": protocol,
-        "calibration": {"corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
-                        "seq_len": int(cfg.calibration.seq_len)},
+        "calibration": None if windows is None else {  # None: the method used no data
+            "corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
+            "seq_len": int(cfg.calibration.seq_len)},
         "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
         "threads": torch.get_num_threads(), "shots": shots, "layers": records,
         "config": OmegaConf.to_container(cfg, resolve=True),

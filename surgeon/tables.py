@@ -78,6 +78,21 @@ def latex(tables: dict) -> str:
     return "\n".join(out)
 
 
+def runs(results: list[dict]) -> str:
+    """One row per run: what was measured on the weights and what it cost."""
+    out = ["| method | setting | achieved sparsity | calibration | prune s | eval s | total s | peak RSS MB |",
+           "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in sorted(results, key=lambda r: (setting(r),
+                                             METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99)):
+        cal = r.get("calibration")
+        cal_txt = f"{cal['num_samples']} x {cal['seq_len']}" if cal else "none"
+        t = r.get("time_s", {})
+        out.append(f"| {r['method']} | {setting(r)} | {r.get('achieved_sparsity', float('nan')):.4f} | "
+                   f"{cal_txt} | {t.get('prune', 0):.0f} | "
+                   f"{t.get('eval', 0):.0f} | {t.get('total', 0):.0f} | {r.get('peak_rss_mb', 0):.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def protocol_note(results) -> str:
     p = results[0]["eval_protocol"]
     toks = ", ".join(f"{k} {v:,}" for k, v in p["tokens"].items())
@@ -93,7 +108,7 @@ def main(argv=None) -> None:
     if not results:
         raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
     tables = build(results)
-    md = markdown(tables, protocol_note(results))
+    md = markdown(tables, protocol_note(results)) + "\n**Runs**\n\n" + runs(results)
     out = Path(args.out or (args.dirs[0] if Path(args.dirs[0]).is_dir() else Path(args.dirs[0]).parent))
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
