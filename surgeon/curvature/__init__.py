@@ -14,7 +14,7 @@ def build(cfg, linear) -> Curvature:
 
 
 def needs_gradients(cfg) -> bool:
-    return cfg.name == "kfac" or (cfg.name == "diagonal" and cfg.get("source") == "kfac")
+    return CURVATURES[cfg.name].uses_gradients(cfg)
 
 
 __all__ = ["CURVATURES", "Curvature", "build", "robust_cholesky_inverse"]

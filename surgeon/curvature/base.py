@@ -11,8 +11,12 @@ from torch import nn
 
 
 class Curvature:
-    needs_data = True        # False: costs come from the weights alone, skip the calibration pass
-    needs_gradients = False  # True: a forward+backward pass of the full model feeds add_grad
+    needs_data = True  # False: costs come from the weights alone, skip the calibration pass
+
+    @classmethod
+    def uses_gradients(cls, cfg) -> bool:
+        """True: a forward+backward pass of the full model must feed add_grad."""
+        return False
 
     def __init__(self, linear: nn.Linear, cfg):
         self.cfg = cfg

@@ -13,11 +13,14 @@ SOURCES = ("activations", "kfac")
 
 
 class Diagonal(Curvature):
+    @classmethod
+    def uses_gradients(cls, cfg) -> bool:
+        return cfg.source == "kfac"
+
     def __init__(self, linear, cfg):
         super().__init__(linear, cfg)
         if cfg.source not in SOURCES:
             raise ValueError(f"curvature.source must be one of {SOURCES}, got {cfg.source}")
-        self.needs_gradients = cfg.source == "kfac"
         self.a2 = torch.zeros(self.in_features, dtype=torch.float64, device=self.device)
         self.g2 = torch.zeros(self.out_features, dtype=torch.float64, device=self.device)
         self.grad_tokens = 0
@@ -40,8 +43,8 @@ class Diagonal(Curvature):
         return torch.diag(self.diag())
 
     def factors(self):
-        A = torch.diag((self.a2 / max(self.tokens, 1)).float())
-        G = torch.diag((self.g2 / max(self.grad_tokens, 1)).float()) if self.needs_gradients else None
+        A = torch.diag(self.diag() / 2)  # E[x x^T], the Hessian's diagonal without its factor 2
+        G = torch.diag((self.g2 / max(self.grad_tokens, 1)).float()) if self.uses_gradients(self.cfg) else None
         return G, A
 
     def element_costs(self, weight):

@@ -12,7 +12,9 @@ from surgeon.curvature.base import Curvature
 
 
 class KFAC(Curvature):
-    needs_gradients = True
+    @classmethod
+    def uses_gradients(cls, cfg) -> bool:
+        return True
 
     def __init__(self, linear, cfg):
         super().__init__(linear, cfg)

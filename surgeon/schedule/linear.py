@@ -6,12 +6,15 @@ dense size)."""
 from surgeon.engine import prune
 
 
-def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    shots = int(cfg.schedule.shots)
+def run_shots(adapter, windows, method, sparsity, device, cfg, shots: int, on_shot=None):
     records = []
     for t in range(1, shots + 1):
         target = t * sparsity / shots
-        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t)
+        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t - 1)
         if on_shot:
             on_shot(t, target)
     return records
+
+
+def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
+    return run_shots(adapter, windows, method, sparsity, device, cfg, int(cfg.schedule.shots), on_shot)

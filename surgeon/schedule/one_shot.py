@@ -1,9 +1,7 @@
-"""`schedule=one_shot`: the whole target in one step (SparseGPT, Wanda)."""
-from surgeon.engine import prune
+"""`schedule=one_shot`: the whole target in one step (SparseGPT, Wanda); `schedule.shots` is
+ignored."""
+from surgeon.schedule.linear import run_shots
 
 
 def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    records = prune(adapter, windows, method, sparsity, device, seed=int(cfg.seed))
-    if on_shot:
-        on_shot(1, sparsity)
-    return records
+    return run_shots(adapter, windows, method, sparsity, device, cfg, 1, on_shot)
