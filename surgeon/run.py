@@ -94,9 +94,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     def on_shot(t: int, shot_target: float) -> None:
         entry = {"shot": t, "target_sparsity": shot_target,
                  "achieved_sparsity": 1 - adapter.nonzero_prunable_parameters() / params_dense}
-        if cfg.schedule.get("eval_each_shot"):
-            corpus, w = next(iter(eval_windows.items()))
-            entry["ppl"] = measure(f"shot {t}", {corpus: w[: max(1, int(cfg.schedule.eval_max_tokens) // w.shape[1])]})
+        every, cap = int(cfg.schedule.get("eval_every", 0)), cfg.schedule.get("eval_max_tokens")
+        if every and (t % every == 0 or t == int(cfg.schedule.shots)):
+            entry["ppl"] = measure(f"shot {t}", {c: w if cap is None else w[: max(1, int(cap) // w.shape[1])]
+                                                 for c, w in eval_windows.items()})
+            entry["full_eval"] = cap is None  # the table-grade protocol: tables show this size too
         shots.append(entry)
         logger.log({"shot": t, "shot_sparsity": entry["achieved_sparsity"],
                     **{f"shot_ppl/{k}": v for k, v in entry.get("ppl", {}).items()}})
@@ -110,7 +112,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     achieved = 1 - params_pruned / params_dense
 
     t = time.time()
-    ppl = measure("pruned")
+    last = shots[-1] if shots else {}
+    ppl = last["ppl"] if last.get("full_eval") and last["shot"] == len(shots) else measure("pruned")
     times["eval"] = time.time() - t
 
     if cfg.save:

@@ -22,22 +22,32 @@ def load_results(dirs) -> list[dict]:
     return found
 
 
-def setting(r: dict) -> str:
+def setting(r: dict, sparsity: float | None = None) -> str:
     s = r["structure"]
-    return s if ":" in s else f"{s} {100 * r['target_sparsity']:.0f}%"
+    return s if ":" in s else f"{s} {100 * (r['target_sparsity'] if sparsity is None else sparsity):.0f}%"
+
+
+def points(r: dict) -> list[tuple[str, dict]]:
+    """(setting, ppl) of a run's end and of every intermediate shot measured on the full eval
+    protocol (a multi-shot structured run to 30% also gives the 10% and 20% columns)."""
+    out = {setting(r, shot["target_sparsity"]): shot["ppl"] for shot in r.get("shots", [])
+           if shot.get("full_eval") and ":" not in r["structure"]}
+    out[setting(r)] = r["ppl"]
+    return list(out.items())
 
 
 def build(results: list[dict]) -> dict:
     """{corpus: {"columns": [...], "rows": {method: {column: ppl}}}} plus a dense row."""
     tables = {}
     corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
-    columns = sorted({setting(r) for r in results}, key=lambda s: (":" in s, s))
+    columns = sorted({col for r in results for col, _ in points(r)}, key=lambda s: (":" in s, s))
     for corpus in corpora:
         rows = defaultdict(dict)
         for r in results:
-            if corpus in r["ppl"]:
-                rows[r["method"]][setting(r)] = r["ppl"][corpus]
-                rows["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
+            for col, ppl in points(r):
+                if corpus in ppl:
+                    rows[r["method"]][col] = ppl[corpus]
+                    rows["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
         tables[corpus] = {"columns": columns, "rows": dict(rows)}
     return tables
 
