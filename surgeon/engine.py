@@ -173,9 +173,12 @@ def collect_full(adapter, windows: torch.Tensor, method, device: torch.device, f
     return linears, curvs
 
 
-def prune(adapter, windows, method, sparsity: float, device: torch.device, seed: int = 0) -> list[dict]:
+def prune(adapter, windows, method, sparsity: float, device: torch.device, seed: int = 0,
+          timings: dict | None = None) -> list[dict]:
     """One pruning step to `sparsity`: layer by layer when every decision is local, otherwise
-    (global allocation, gradients, correlated updates) from whole-model statistics."""
+    (global allocation, gradients, correlated updates) from whole-model statistics. `timings`
+    receives curvature_s and update_s where the two are separate passes."""
+    timings = {} if timings is None else timings
     if not method.is_global:
         return prune_layerwise(adapter, windows, method, sparsity, device)
     from surgeon.method.global_step import prune_global
@@ -183,7 +186,11 @@ def prune(adapter, windows, method, sparsity: float, device: torch.device, seed:
     t = time.time()
     linears, curvs = collect_full(adapter, windows, method, device,
                                   method.curvature_cfg.get("fisher", "empirical"), seed)
-    log.info("curvature of %d linears estimated in %.1fs", len(linears), time.time() - t)
+    timings["curvature_s"] = time.time() - t
+    log.info("curvature of %d linears estimated in %.1fs", len(linears), timings["curvature_s"])
+    t = time.time()
     records = prune_global(linears, curvs, method, sparsity)
+    timings["update_s"] = time.time() - t
+    log.info("costs, threshold and updates in %.1fs", timings["update_s"])
     adapter.model.to("cpu")
     return records

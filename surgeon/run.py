@@ -91,9 +91,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
              cfg.curvature.name, cfg.structure.name, 100 * target)
     shots = []
 
-    def on_shot(t: int, shot_target: float) -> None:
+    def on_shot(t: int, shot_target: float, timings: dict) -> None:
         entry = {"shot": t, "target_sparsity": shot_target,
-                 "achieved_sparsity": 1 - adapter.nonzero_prunable_parameters() / params_dense}
+                 "achieved_sparsity": 1 - adapter.nonzero_prunable_parameters() / params_dense, **timings}
         every, cap = int(cfg.schedule.get("eval_every", 0)), cfg.schedule.get("eval_max_tokens")
         if every and (t % every == 0 or t == int(cfg.schedule.shots)):
             entry["ppl"] = measure(f"shot {t}", {c: w if cap is None else w[: max(1, int(cap) // w.shape[1])]

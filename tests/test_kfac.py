@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from surgeon import engine
 from surgeon.curvature import KFAC
+from surgeon.errors import SurgeonError
 from surgeon.method import Method, allocation, kron
 from surgeon.method.global_step import prune_global
 from surgeon.model import adapter_for
@@ -199,3 +200,43 @@ def test_2_4_shot_gives_the_pattern():
     _, linears, _ = _surgeon_shot("tiny_llama", NM(2, 4), 0.5)
     for lin in linears.values():
         assert ((lin.weight == 0).reshape(lin.out_features, -1, 4).sum(-1) == 2).all()
+
+
+@pytest.mark.parametrize("store", ["cpu", "disk"])
+def test_factors_streamed_to_cpu_or_disk_equal_the_device_ones(store):
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 256, (3, 16))
+    got = {}
+    for s in ("device", store):
+        m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
+                   OmegaConf.merge(KCFG, {"store": s}), Unstructured())
+        _, got[s] = engine.collect_full(adapter, windows, m, torch.device("cpu"))
+    key = (1, "mlp.up_proj")
+    assert got[store][key].G_sum.is_shared() == (store == "disk")  # a memory-mapped file
+    for a, b in zip(got["device"][key].factors(), got[store][key].factors()):
+        torch.testing.assert_close(a, b)
+
+
+def test_exact_diagonal_fisher_is_the_mean_squared_window_gradient():
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    windows = torch.randint(0, 256, (3, 16))
+    cfg = OmegaConf.create({"name": "diagonal", "source": "fisher", "damp": 0.01, "damp_g": 0.01})
+    m = Method(OmegaConf.create({"allocation": "global", "update": "none"}), cfg, Unstructured())
+    _, curvs = engine.collect_full(adapter, windows, m, torch.device("cpu"))
+    lin = adapter.layers()[0].self_attn.k_proj
+    expected = torch.zeros_like(lin.weight)
+    for w in windows:  # brute force: each window's weight gradient from autograd, squared
+        model.zero_grad()
+        logits = model(w.unsqueeze(0)).logits[0, :-1]
+        torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").backward()
+        expected += lin.weight.grad ** 2 / len(windows)
+    torch.testing.assert_close(curvs[(0, "self_attn.k_proj")].fisher_diag(), expected,
+                               rtol=1e-3, atol=1e-6 * expected.max().item())
+
+
+def test_exact_diagonal_fisher_refuses_weight_updates():
+    cfg = OmegaConf.create({"name": "diagonal", "source": "fisher", "damp": 0.01})
+    with pytest.raises(SurgeonError, match="exact diagonal without Kronecker factors"):
+        Method(OmegaConf.create({"allocation": "global", "update": "correlated"}), cfg, Unstructured())

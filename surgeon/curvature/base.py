@@ -6,8 +6,14 @@ updates are then one piece of math for all of them: OBS on diagonal factors is O
 G = I and A = X X^T it is the layer-wise OBS of SparseGPT, and on K-FAC factors it is the
 LLM Surgeon's. `matrix()` is the input-side factor alone, for SparseGPT's sequential update.
 """
+import math
+import os
+import tempfile
+
 import torch
 from torch import nn
+
+STORES = ("device", "cpu", "disk")
 
 
 class Curvature:
@@ -25,6 +31,23 @@ class Curvature:
         self.device = linear.weight.device
         self.tokens = 0
 
+    def buffer(self, *shape: int) -> torch.Tensor:
+        """A zeroed float32 statistics buffer where `cfg.store` says: on the linear's device,
+        in CPU memory, or in a memory-mapped file under $TMPDIR (disk: the page cache holds what
+        fits and the kernel writes the rest out, so host memory stays bounded; the file is
+        unlinked at once and vanishes with the tensor)."""
+        store = self.cfg.get("store", "device")
+        if store == "device":
+            return torch.zeros(*shape, dtype=torch.float32, device=self.device)
+        if store == "cpu":
+            return torch.zeros(*shape, dtype=torch.float32)
+        fd, path = tempfile.mkstemp(prefix="surgeon-curvature-", suffix=".f32")
+        os.close(fd)
+        try:
+            return torch.from_file(path, shared=True, size=math.prod(shape), dtype=torch.float32).view(*shape)
+        finally:
+            os.unlink(path)
+
     def add_batch(self, inp: torch.Tensor) -> None:
         """`inp`: the linear's input, any leading shape, last dim `in_features`."""
 
@@ -37,6 +60,10 @@ class Curvature:
     def factors(self) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(G, A), undamped; G None means identity."""
         return None, self.matrix()
+
+    def fisher_diag(self) -> torch.Tensor | None:
+        """An exact (out x in) diagonal of the Fisher, for curvatures that are not Kronecker."""
+        return None
 
     def damped(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The input factor with dead inputs fixed (their weights are zeroed: they never

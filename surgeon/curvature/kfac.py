@@ -20,23 +20,32 @@ class KFAC(Curvature):
         super().__init__(linear, cfg)
         self.bias = linear.bias is not None
         n_in = self.in_features + int(self.bias)
-        self.A = torch.zeros(n_in, n_in, dtype=torch.float32, device=self.device)
-        self.G = torch.zeros(self.out_features, self.out_features, dtype=torch.float32, device=self.device)
+        # sums, not running means: one add per micro-batch, however far away the store is
+        self.A_sum = self.buffer(n_in, n_in)
+        self.G_sum = self.buffer(self.out_features, self.out_features)
         self.grad_tokens = 0
 
     def add_batch(self, inp):
         a = self.flat(inp)
         if self.bias:
             a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-        k = a.shape[0]
-        self.A.mul_(self.tokens / (self.tokens + k)).addmm_(a.T, a, alpha=1.0 / (self.tokens + k))
-        self.tokens += k
+        self.A_sum.add_((a.T @ a).to(self.A_sum.device))
+        self.tokens += a.shape[0]
 
     def add_grad(self, grad_out):
         g = self.flat(grad_out)
-        k = g.shape[0]
-        self.G.mul_(self.grad_tokens / (self.grad_tokens + k)).addmm_(g.T, g, alpha=1.0 / (self.grad_tokens + k))
-        self.grad_tokens += k
+        self.G_sum.add_((g.T @ g).to(self.G_sum.device))
+        self.grad_tokens += g.shape[0]
+
+    @property
+    def A(self) -> torch.Tensor:
+        """E[a a^T] over calibration tokens, on the linear's device."""
+        return self.A_sum.to(self.device) / max(self.tokens, 1)
+
+    @property
+    def G(self) -> torch.Tensor:
+        """E[g g^T] over calibration tokens (g: loss gradient of the linear's output)."""
+        return self.G_sum.to(self.device) / max(self.grad_tokens, 1)
 
     def matrix(self):
         return self.A[: self.in_features, : self.in_features]

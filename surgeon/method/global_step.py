@@ -4,6 +4,9 @@ Used whenever costs must be compared across layers (`method.allocation=global`),
 comes from gradients (K-FAC), or the update is LLM Surgeon's correlated one. Each linear's
 weight is augmented with its bias column when the curvature tracks the bias (K-FAC), so the
 bias is updated too; the bias column itself is never pruned.
+
+Two passes keep memory at one linear's inverses: the first computes every linear's costs
+(all a global threshold needs), the second inverts again, one linear at a time, to update.
 """
 import torch
 
@@ -24,52 +27,58 @@ def _write_back(lin, W) -> None:
         lin.bias.data.copy_(W[:, C].to(lin.bias.dtype))
 
 
+def _costs(lin, curv, structured: bool):
+    """Element costs (out x in), or (row costs, column costs) for rows_cols."""
+    W, C = _augmented(lin, curv), lin.in_features
+    F = curv.fisher_diag()
+    if F is not None:  # exact diagonal: OBD, weights independent
+        E = 0.5 * W[:, :C] ** 2 * F
+        return (E.sum(1), E.sum(0)) if structured else E
+    G, A = curv.damped_factors()
+    Ginv, Ainv = kron.inverses(G, A)
+    if structured:
+        return kron.row_costs(W, Ginv, A), kron.col_costs(W, G, Ainv)[:C]
+    return kron.element_costs(W, Ginv, Ainv)[:, :C]
+
+
 @torch.no_grad()
 def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[dict]:
     """`linears` and `curvs` are keyed alike ((layer index, name) -> module / curvature)."""
     keys = list(linears)
-    items = {}
-    for key in keys:
-        lin, curv = linears[key], curvs[key]
-        G, A = curv.damped_factors()
-        Ginv, Ainv = kron.inverses(G, A)
-        items[key] = (_augmented(lin, curv), G, A, Ginv, Ainv)
     structure, scope = method.structure, method.cfg.allocation
+    structured = structure.name == "rows_cols"
+    costs = [_costs(linears[k], curvs[k], structured) for k in keys]
+    if structured:
+        decisions = allocation.rows_cols([r for r, _ in costs], [c for _, c in costs], sparsity, scope)
+    elif structure.name == "nm":
+        decisions = allocation.nm_groups(costs, sparsity, structure.n, structure.m, scope)
+    else:
+        decisions = allocation.elements(costs, sparsity, scope)
+    del costs
     correlate = int(method.cfg.get("max_correlate", 0))
     update = method.cfg["update"] == "correlated"
-    records = []
-    if structure.name == "rows_cols":
-        rc = [(kron.row_costs(W, Ginv, A), kron.col_costs(W, G, Ainv)[: linears[k].in_features])
-              for k, (W, G, A, Ginv, Ainv) in items.items()]
-        decisions = allocation.rows_cols([r for r, _ in rc], [c for _, c in rc], sparsity, scope)
-        for key, (rows, cols) in zip(keys, decisions):
-            W, G, A, Ginv, Ainv = items[key]
+    out = []
+    for key, decision in zip(keys, decisions):
+        lin, curv = linears[key], curvs[key]
+        W, C = _augmented(lin, curv), lin.in_features
+        if update:
+            Ginv, Ainv = kron.inverses(*curv.damped_factors())
+        rec = {}
+        if structured:
+            rows, cols = decision
             if update:
                 W = kron.rows_update(W, Ginv, rows, correlate)
                 W = kron.cols_update(W, Ainv, cols, correlate)
             W[rows, :] = 0.0
             W[:, cols] = 0.0
-            _write_back(linears[key], W)
-            records.append({"rows_removed": len(rows), "cols_removed": len(cols)})
-    else:
-        costs = [kron.element_costs(W, Ginv, Ainv)[:, : linears[k].in_features]
-                 for k, (W, G, A, Ginv, Ainv) in items.items()]
-        if structure.name == "nm":
-            masks = allocation.nm_groups(costs, sparsity, structure.n, structure.m, scope)
+            rec = {"rows_removed": len(rows), "cols_removed": len(cols)}
         else:
-            masks = allocation.elements(costs, sparsity, scope)
-        for key, mask in zip(keys, masks):
-            W, G, A, Ginv, Ainv = items[key]
-            C = linears[key].in_features
             if update:
-                rows, cols = (mask & (W[:, :C] != 0)).nonzero(as_tuple=True)  # zeros need no update
+                rows, cols = (decision & (W[:, :C] != 0)).nonzero(as_tuple=True)  # zeros need no update
                 W = kron.correlated_update(W, Ginv, Ainv, rows, cols, correlate)
-            W[:, :C][mask] = 0.0
-            _write_back(linears[key], W)
-            records.append({})
-    out = []
-    for key, rec in zip(keys, records):
-        w = linears[key].weight
+            W[:, :C][decision] = 0.0
+        _write_back(lin, W)
+        w = lin.weight
         out.append({"layer": key[0], "name": key[1], "numel": w.numel(),
                     "sparsity": (w == 0).float().mean().item(), **rec})
     return out

@@ -31,6 +31,9 @@ class Method:
         if update == "obs" and (self.is_global or structure.name == "rows_cols"):
             raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
                                "a curvature without gradients and an unstructured or N:M structure")
+        if update != "none" and curvature_cfg.get("source") == "fisher":
+            raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
+                               "it gives OBD costs only (method.update=none)")
         if cfg.allocation == "row" and structure.name == "rows_cols":
             raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
 

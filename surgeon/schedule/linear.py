@@ -3,6 +3,8 @@ with the curvature re-estimated on the partly pruned model before every shot, so
 see (and correct) what earlier ones did. Perplexity can be measured after each shot, which also
 gives the intermediate sizes of one run (a 50% run over 40 shots passes 90%, 80%, ... of the
 dense size)."""
+import time
+
 from surgeon.engine import prune
 
 
@@ -10,9 +12,11 @@ def run_shots(adapter, windows, method, sparsity, device, cfg, shots: int, on_sh
     records = []
     for t in range(1, shots + 1):
         target = t * sparsity / shots
-        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t - 1)
+        timings = {}
+        start = time.time()
+        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t - 1, timings=timings)
         if on_shot:
-            on_shot(t, target)
+            on_shot(t, target, {"prune_s": time.time() - start, **timings})
     return records
 
 

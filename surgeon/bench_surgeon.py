@@ -1,0 +1,57 @@
+"""`python -m surgeon.bench_surgeon` (make bench-surgeon): what one LLM Surgeon shot costs.
+
+One shot = a K-FAC pass of the whole model over the calibration windows (forward + backward,
+G and A of every prunable linear) + the global threshold + correlated updates (10% of the
+weights, 500 solved jointly). Each point runs in its own process, so peak RSS is its own:
+- calibration tokens: SmolLM2-135M (width 576) with 2, 4, 8 windows of 512 tokens;
+- model width: 4-layer Llamas built in code (random weights, MLP 3x wider) at 2,048 tokens.
+Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMON = ["method=llm_surgeon", "structure=unstructured", "sparsity=0.1", "schedule.shots=1",
+          "schedule.eval_every=0", "method.max_correlate=500", "logger=none", "eval.corpora=[wiki_heldout]",
+          "eval.seq_len=512", "eval.max_tokens=512", "eval.cache_dense=false", "calibration.seq_len=512"]
+
+
+def points():
+    for n in (2, 4, 8):
+        yield f"smollm2_135m tokens={512 * n}", ["model=smollm2_135m", f"calibration.num_samples={n}"]
+    for width in (256, 512, 1024):
+        heads = width // 64
+        yield f"llama width={width} tokens=2048", [
+            "model=tiny_llama", "calibration.num_samples=4", f"model.config.hidden_size={width}",
+            f"model.config.intermediate_size={3 * width}", "model.config.num_hidden_layers=4",
+            f"model.config.num_attention_heads={heads}", f"model.config.num_key_value_heads={max(1, heads // 2)}"]
+
+
+def main(extra=None) -> None:
+    extra = sys.argv[1:] if extra is None else extra
+    root = Path("outputs/bench")
+    rows = []
+    for name, overrides in points():
+        run_dir = root / "surgeon" / name.replace(" ", "_").replace("=", "")
+        cmd = [sys.executable, "-m", "surgeon.run", *COMMON, *overrides, *extra, f"hydra.run.dir={run_dir}"]
+        t = time.time()
+        subprocess.run(cmd, check=True)
+        res = json.loads((run_dir / "results.json").read_text())
+        shot = res["shots"][0]
+        rows.append({"point": name, "params": res["params_dense"],
+                     "calibration_tokens": res["calibration"]["num_samples"] * res["calibration"]["seq_len"],
+                     "curvature_s": round(shot["curvature_s"], 1), "update_s": round(shot["update_s"], 1),
+                     "shot_s": round(shot["prune_s"], 1), "peak_rss_mb": round(res["peak_rss_mb"]),
+                     "threads": res["threads"], "wall_s": round(time.time() - t, 1)})
+    keys = list(rows[0])
+    md = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
+                   ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows])
+    (root / "surgeon.json").write_text(json.dumps({"settings": COMMON + list(extra), "rows": rows}, indent=2))
+    (root / "surgeon.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

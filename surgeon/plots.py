@@ -1,0 +1,96 @@
+"""`python -m surgeon.plots DIR [DIR ...] [--out DIR]`: figures from results.json files.
+
+- allocation_<method>_<setting>.png/.pdf: the fraction of each linear's weights a run removed,
+  per decoder layer - what a global threshold decided (a per-layer allocation is flat).
+- shots_<structure>.png/.pdf: perplexity against achieved sparsity after every shot of the
+  multi-shot runs, one line per method (the first eval corpus).
+"""
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from surgeon.tables import load_results, setting  # noqa: E402
+
+
+def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
+    """{linear name: [(layer, removed fraction)]} plus 'layer total', from results.json layers."""
+    lines, totals = defaultdict(list), defaultdict(lambda: [0.0, 0])
+    for rec in r["layers"]:
+        lines[rec["name"]].append((rec["layer"], rec["sparsity"]))
+        totals[rec["layer"]][0] += rec["sparsity"] * rec["numel"]
+        totals[rec["layer"]][1] += rec["numel"]
+    lines["layer total"] = [(i, s / n) for i, (s, n) in sorted(totals.items())]
+    return dict(lines)
+
+
+def plot_allocation(r: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, pts in allocation_by_layer(r).items():
+        xs, ys = zip(*sorted(pts))
+        total = name == "layer total"
+        ax.plot(xs, ys, "k-" if total else "-", lw=2.5 if total else 1, marker=None if total else ".",
+                label=name, zorder=3 if total else 2)
+    ax.axhline(r["achieved_sparsity"], color="grey", ls="--", lw=1, label="model")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("fraction removed")
+    ax.set_title(f"{r['model']} {r['method']} {setting(r)}: per-layer allocation", fontsize=10)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_shots(results: list[dict], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    corpus = None
+    for r in sorted(results, key=lambda r: r["method"]):
+        pts = [(s["achieved_sparsity"], s["ppl"]) for s in r.get("shots", []) if "ppl" in s]
+        if not pts:
+            continue
+        corpus = corpus or next(iter(pts[0][1]))
+        ax.plot([0] + [p[0] for p in pts], [r["ppl_dense"][corpus]] + [p[1][corpus] for p in pts],
+                marker="o", ms=3, label=r["method"])
+    if corpus is None:
+        plt.close(fig)
+        return
+    ax.set_yscale("log")
+    ax.set_xlabel("achieved sparsity")
+    ax.set_ylabel(f"{corpus} perplexity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in (".png", ".pdf"):
+        fig.savefig(path.with_suffix(ext), dpi=150)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", help="multirun folders, run folders or results.json files")
+    ap.add_argument("--out", help="folder for the figures (default: the first dir)")
+    args = ap.parse_args(argv)
+    results = load_results(args.dirs)
+    if not results:
+        raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
+    out = Path(args.out or args.dirs[0])
+    for r in results:
+        name = f"allocation_{r['method']}_{setting(r)}".replace(" ", "_").replace("%", "").replace(":", "-")
+        plot_allocation(r, out / name)
+        print(out / f"{name}.png")
+    by_structure = defaultdict(list)
+    for r in results:
+        by_structure[r["structure"].replace(":", "-")].append(r)
+    for s, rs in by_structure.items():
+        plot_shots(rs, out / f"shots_{s}")
+
+
+if __name__ == "__main__":
+    main()
