@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-models run test test-slow bench sweep tables clean
+.PHONY: help setup setup-models run test test-slow bench bench-surgeon sweep tables plots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,12 +36,18 @@ test-slow: setup  ## real-model checks on SmolLM2-135M
 bench: setup  ## time and peak memory per method (separate processes) -> outputs/bench/
 	$(PY) -m surgeon.bench
 
+bench-surgeon: setup  ## cost of one LLM Surgeon shot vs calibration tokens and width -> outputs/bench/
+	$(PY) -m surgeon.bench_surgeon
+
 sweep: setup  ## the standard-protocol sweep: 3 methods x {50%, 2:4} on SmolLM2-135M
 	$(PY) -m surgeon.run -m +experiment=smollm2_protocol method=magnitude,wanda,sparsegpt \
 	    structure=unstructured,nm hydra.sweep.dir=outputs/multirun/smollm2_protocol
 
 tables: setup  ## tables from a sweep: make tables DIRS="outputs/multirun/..."
 	$(PY) -m surgeon.tables $(or $(DIRS),outputs/multirun/smollm2_protocol)
+
+plots: setup  ## allocation and per-shot figures: make plots DIRS="outputs/..."
+	$(PY) -m surgeon.plots $(DIRS)
 
 clean:  ## remove run outputs and caches (keeps .venv and the model cache)
 	rm -rf outputs/runs outputs/multirun outputs/bench .pytest_cache

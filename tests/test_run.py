@@ -61,6 +61,29 @@ def test_tables_from_synthetic_results(tmp_path):
     assert "\\textbf{30.00}" in (tmp_path / "tables.tex").read_text()
 
 
+def test_multishot_run_fills_intermediate_columns_and_plots(compose_cfg, tmp_path):
+    from surgeon import plots, tables
+
+    cfg = compose_cfg(*QUICK, "method=llm_surgeon", "structure=rows_cols", "sparsity=0.2", "schedule.shots=2",
+                      "schedule.eval_max_tokens=null", "eval.corpora=[wiki_heldout]", "method.max_correlate=64")
+    res = execute(cfg, tmp_path)
+    first, last = res["shots"]
+    assert first["full_eval"] and first["target_sparsity"] == pytest.approx(0.1)
+    assert first["ppl"]["wiki_heldout"] < last["ppl"]["wiki_heldout"]
+    assert res["ppl"] == last["ppl"]  # the last shot's full evaluation is the result, not re-run
+    assert first["curvature_s"] > 0 and first["update_s"] > 0 and first["prune_s"] >= first["curvature_s"]
+    tables.main([str(tmp_path)])
+    md = (tmp_path / "tables.md").read_text()
+    assert "| method | rows_cols 10% | rows_cols 20% |" in md
+    plots.main([str(tmp_path)])
+    assert (tmp_path / "allocation_llm_surgeon_rows_cols_20.png").stat().st_size > 0
+    assert (tmp_path / "shots_rows_cols.pdf").stat().st_size > 0
+    by_layer = plots.allocation_by_layer(res)
+    total = sum(s * r["numel"] for r in res["layers"] for s in [r["sparsity"]]) / res["params_dense"]
+    assert total == pytest.approx(res["achieved_sparsity"], abs=1e-6)
+    assert len(by_layer["layer total"]) == 2
+
+
 def test_rerun_sweep_skips_finished_jobs(tmp_path):
     import subprocess
     import sys
