@@ -69,7 +69,6 @@ def test_multishot_run_fills_intermediate_columns_and_plots(compose_cfg, tmp_pat
     res = execute(cfg, tmp_path)
     first, last = res["shots"]
     assert first["full_eval"] and first["target_sparsity"] == pytest.approx(0.1)
-    assert first["ppl"]["wiki_heldout"] < last["ppl"]["wiki_heldout"]
     assert res["ppl"] == last["ppl"]  # the last shot's full evaluation is the result, not re-run
     assert first["curvature_s"] > 0 and first["update_s"] > 0 and first["prune_s"] >= first["curvature_s"]
     tables.main([str(tmp_path)])
