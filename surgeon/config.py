@@ -42,8 +42,13 @@ def check(cfg: DictConfig) -> None:
     if cfg.structure.name not in cfg.method.structures:
         raise SurgeonError(f"method={cfg.method.name} cannot do structure={cfg.structure.name} "
                            f"(it can: {', '.join(cfg.method.structures)})")
-    Method(cfg.method, cfg.curvature, st)
+    method = Method(cfg.method, cfg.curvature, st)
     schedule.get(cfg.schedule.name)
+    if cfg.schedule.name == "incremental_ratio":
+        if method.is_global:
+            raise SurgeonError(f"schedule=incremental_ratio sets per-layer ratios; method={cfg.method.name} "
+                               "decides globally (use schedule=linear or one_shot)")
+        schedule.incremental_ratio.ratios(2, 0.5, cfg.schedule.curve)  # checks the curve name
     models.check(cfg.model)
     for name in [cfg.calibration.corpus, *cfg.eval.corpora]:
         corpora.check(name)

@@ -85,9 +85,10 @@ def forward_layer(layer, inputs: list[torch.Tensor], kwargs: dict) -> list[torch
 
 
 @torch.no_grad()
-def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: float,
+def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: float | list[float],
                     device: torch.device, offload: torch.device = torch.device("cpu")) -> list[dict]:
-    """Prunes every decoder layer to `sparsity` with `method`; returns per-linear records."""
+    """Prunes every decoder layer to `sparsity` (or layer i to sparsity[i]) with `method`;
+    returns per-linear records."""
     layers = adapter.layers()
     data = capture(adapter, windows, device) if method.needs_data else None
     records = []
@@ -104,10 +105,8 @@ def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: flo
             finally:
                 for h in hooks:
                     h.remove()
-        for name, lin in linears.items():
-            removed = method.prune(lin, curvs[name], sparsity)
-            records.append({"layer": i, "name": name, "numel": removed.numel(),
-                            "sparsity": removed.float().mean().item()})
+        ratio = sparsity[i] if isinstance(sparsity, (list, tuple)) else sparsity  # per-layer schedules
+        records += method.prune_layer(adapter, layer, i, linears, curvs, ratio)
         del curvs
         if data is not None:
             data.inputs = forward_layer(layer, data.inputs, data.layer_kwargs[i])

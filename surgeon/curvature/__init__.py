@@ -1,12 +1,14 @@
 """Curvature backends, one file each, chosen by `curvature=<name>`."""
 from surgeon.curvature.base import Curvature, robust_cholesky_inverse
 from surgeon.curvature.diagonal import Diagonal
+from surgeon.curvature.grouped_cholesky import GroupedCholesky
 from surgeon.curvature.hessian import Hessian
 from surgeon.curvature.identity import Identity
 from surgeon.curvature.kfac import KFAC
 
 CURVATURES: dict[str, type[Curvature]] = {"identity": Identity, "diagonal": Diagonal, "hessian": Hessian,
-                                        "kfac": KFAC}
+                                        "kfac": KFAC,
+                                        "grouped_cholesky": GroupedCholesky}
 
 
 def build(cfg, linear) -> Curvature:

@@ -6,12 +6,15 @@ allocation scope (where costs are compared) + an update rule (what the survivors
   sparsegpt: layer Hessian, per-layer (block-adaptive) ranking, sequential OBS update
   llm_surgeon: K-FAC, one global threshold, correlated OBS updates, multi-shot
   k_obd / l_obd: K-FAC or activation diagonals, global threshold, no update
+  slimgpt:   layer Hessian scored per head / neuron (grouped Cholesky), batched greedy OBS,
+             incremental per-layer ratios (structure=heads_neurons)
 Any other combination is valid too (e.g. `method=llm_surgeon curvature=diagonal`).
 """
 import torch
 
 from surgeon import curvature as curvatures
 from surgeon.errors import SurgeonError
+from surgeon.method import batched_greedy
 from surgeon.method.obs import obs_prune
 
 UPDATES = ("none", "obs", "correlated")
@@ -28,18 +31,23 @@ class Method:
         if curvature_cfg.name not in curvatures.CURVATURES:
             raise SurgeonError(f"curvature '{curvature_cfg.name}' is not implemented yet")
         self.cfg, self.curvature_cfg, self.structure = cfg, curvature_cfg, structure
-        if update == "obs" and (self.is_global or structure.name == "rows_cols"):
+        if update == "obs" and (self.is_global or structure.name not in ("unstructured", "nm", "heads_neurons")):
             raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
                                "a curvature without gradients and an unstructured or N:M structure")
         if update != "none" and curvature_cfg.get("source") == "fisher":
             raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
                                "it gives OBD costs only (method.update=none)")
+        if structure.name == "heads_neurons" and (self.is_global or update not in ("obs", "none")):
+            raise SurgeonError("structure=heads_neurons is pruned layer by layer on the layer Hessian: it needs "
+                               "method.update=obs|none, allocation layer|row and a curvature without gradients")
         if cfg.allocation == "row" and structure.name == "rows_cols":
             raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
 
     @property
     def is_global(self) -> bool:
         """Decisions need whole-model statistics, not one layer's."""
+        if self.structure.name == "heads_neurons" and self.cfg.allocation != "global":
+            return curvatures.needs_gradients(self.curvature_cfg) or self.cfg["update"] == "correlated"
         return (self.cfg.allocation == "global" or self.cfg["update"] == "correlated"
                 or self.structure.name == "rows_cols" or curvatures.needs_gradients(self.curvature_cfg))
 
@@ -49,6 +57,19 @@ class Method:
 
     def new_curvature(self, linear) -> curvatures.Curvature:
         return curvatures.build(self.curvature_cfg, linear)
+
+    @torch.no_grad()
+    def prune_layer(self, adapter, layer, index: int, linears: dict, curvs: dict, ratio: float) -> list[dict]:
+        """Prunes one decoder layer in place; returns a record per linear."""
+        extra = {}
+        if self.structure.name == "heads_neurons":
+            extra = batched_greedy.prune_layer(adapter, layer, curvs, ratio, self.cfg)
+        else:
+            for name, lin in linears.items():
+                self.prune(lin, curvs[name], ratio)
+        return [{"layer": index, "name": name, "numel": lin.weight.numel(),
+                 "sparsity": (lin.weight == 0).float().mean().item(), **extra.get(name, {})}
+                for name, lin in linears.items()]
 
     @torch.no_grad()
     def prune(self, linear, curv, sparsity: float) -> torch.Tensor:

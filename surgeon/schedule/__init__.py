@@ -1,8 +1,8 @@
 """Schedules: how the target sparsity is reached (`schedule=<name>`)."""
 from surgeon.errors import SurgeonError
-from surgeon.schedule import linear, one_shot
+from surgeon.schedule import incremental_ratio, linear, one_shot
 
-SCHEDULES = {"one_shot": one_shot, "linear": linear}
+SCHEDULES = {"one_shot": one_shot, "linear": linear, "incremental_ratio": incremental_ratio}
 
 
 def get(name: str):

@@ -1,5 +1,6 @@
 """Structures: what is removed together, chosen by `structure=<name>`."""
 from surgeon.errors import SurgeonError
+from surgeon.structure.heads_neurons import HeadsNeurons
 from surgeon.structure.nm import NM
 from surgeon.structure.rows_cols import RowsCols
 from surgeon.structure.unstructured import Unstructured
@@ -12,7 +13,9 @@ def build(cfg):
         return NM(int(cfg.n), int(cfg.m))
     if cfg.name == "rows_cols":
         return RowsCols()
+    if cfg.name == "heads_neurons":
+        return HeadsNeurons()
     raise SurgeonError(f"structure '{cfg.name}' is not implemented yet")
 
 
-__all__ = ["NM", "RowsCols", "Unstructured", "build"]
+__all__ = ["HeadsNeurons", "NM", "RowsCols", "Unstructured", "build"]

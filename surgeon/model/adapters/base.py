@@ -30,6 +30,7 @@ class Mlp:
 
 class Adapter:
     model_types: tuple[str, ...] = ()
+    ffn_config_key = "intermediate_size"  # the config field of the FFN width
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -45,6 +46,14 @@ class Adapter:
 
     def mlp(self, layer: nn.Module) -> Mlp:
         raise NotImplementedError
+
+    def set_head_counts(self, layer: nn.Module, heads: int, kv_heads: int) -> None:
+        """After compaction: attention modules that keep head counts as attributes get the new ones."""
+        attn = layer.self_attn
+        for name, value in (("num_heads", heads), ("num_attention_heads", heads),
+                            ("num_key_value_heads", kv_heads), ("num_kv_heads", kv_heads)):
+            if isinstance(getattr(attn, name, None), int):
+                setattr(attn, name, value)
 
     # -- shared --------------------------------------------------------------------------------
     def layers(self) -> nn.ModuleList:
@@ -66,8 +75,8 @@ class Adapter:
                    for lin in self.prunable_linears(layer).values())
 
 
-def attention_geometry(config) -> tuple[int, int, int]:
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return heads, kv, head_dim
+def attention_geometry(config, q: nn.Linear, k: nn.Linear) -> tuple[int, int, int]:
+    """(heads, kv heads, head_dim) of one layer, read from its projections' shapes: after
+    compaction layers may have fewer heads than the config says."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return q.out_features // head_dim, k.out_features // head_dim, head_dim

@@ -7,7 +7,7 @@ class LlamaAdapter(Adapter):
 
     def attention(self, layer) -> Attention:
         a = layer.self_attn
-        heads, kv, head_dim = attention_geometry(self.config)
+        heads, kv, head_dim = attention_geometry(self.config, a.q_proj, a.k_proj)
         return Attention(a.q_proj, a.k_proj, a.v_proj, a.o_proj, heads, kv, head_dim)
 
     def mlp(self, layer) -> Mlp:

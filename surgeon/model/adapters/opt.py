@@ -4,13 +4,14 @@ from surgeon.model.adapters.base import Adapter, Attention, Mlp, attention_geome
 
 class OptAdapter(Adapter):
     model_types = ("opt",)
+    ffn_config_key = "ffn_dim"
 
     def decoder(self):
         return self.model.model.decoder
 
     def attention(self, layer) -> Attention:
         a = layer.self_attn
-        heads, kv, head_dim = attention_geometry(self.config)
+        heads, kv, head_dim = attention_geometry(self.config, a.q_proj, a.k_proj)
         return Attention(a.q_proj, a.k_proj, a.v_proj, a.out_proj, heads, kv, head_dim)
 
     def mlp(self, layer) -> Mlp:

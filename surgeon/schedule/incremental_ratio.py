@@ -1,0 +1,43 @@
+"""`schedule=incremental_ratio`: SlimGPT's Incremental Pruning Ratio. Layer-wise pruning cannot
+see how an early layer's error grows through the layers after it, so early layers are pruned
+less and deep ones more: r_i = a + b f(i / (L-1)) with f rising from 0 to 1 (log: log(1 +
+(e-1) x), linear: x, uniform: 0), b = spread * target, a chosen so the mean is the target;
+ratios are kept within [0, max_ratio] and the mean restored."""
+import math
+
+from surgeon.engine import prune
+from surgeon.errors import SurgeonError
+
+CURVES = {"log": lambda x: math.log1p((math.e - 1) * x), "linear": lambda x: x, "uniform": lambda x: 0.0}
+
+
+def ratios(n_layers: int, target: float, curve: str = "log", spread: float = 1.0,
+           max_ratio: float = 0.9) -> list[float]:
+    if curve not in CURVES:
+        raise SurgeonError(f"schedule.curve '{curve}' is not one of {', '.join(CURVES)}")
+    f = [CURVES[curve](i / max(1, n_layers - 1)) for i in range(n_layers)]
+    mean_f = sum(f) / n_layers
+    r = [target + spread * target * (fi - mean_f) for fi in f]
+    for _ in range(50):  # clip, then spread the clipped amount over the layers with room
+        r = [min(max(x, 0.0), max_ratio) for x in r]
+        gap = target * n_layers - sum(r)
+        free = [i for i, x in enumerate(r) if (0 < x < max_ratio) or (gap > 0 and x == 0)]
+        if abs(gap) < 1e-9 or not free:
+            break
+        for i in free:
+            r[i] += gap / len(free)
+    return r
+
+
+def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
+    import time
+
+    if method.is_global:
+        raise SurgeonError("schedule=incremental_ratio sets per-layer ratios: it needs a layer-wise method")
+    s = cfg.schedule
+    per_layer = ratios(len(adapter.layers()), sparsity, s.curve, float(s.spread), float(s.max_ratio))
+    start = time.time()
+    records = prune(adapter, windows, method, per_layer, device, seed=int(cfg.seed))
+    if on_shot:
+        on_shot(1, sparsity, {"prune_s": time.time() - start, "layer_ratios": per_layer})
+    return records
