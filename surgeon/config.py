@@ -36,6 +36,8 @@ def check(cfg: DictConfig) -> None:
     from surgeon import schedule, structure
     from surgeon.method import Method
 
+    if cfg.get("compact", "auto") not in ("auto", True, False):
+        raise SurgeonError(f"compact must be auto, true or false, got {cfg.compact}")
     if not 0.0 <= float(cfg.sparsity) < 1.0:
         raise SurgeonError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
     st = structure.build(cfg.structure)

@@ -116,7 +116,12 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     ppl = last["ppl"] if last.get("full_eval") and last["shot"] == len(shots) else measure("pruned")
     times["eval"] = time.time() - t
 
-    if cfg.save:
+    compaction = None
+    if cfg.compact is True or (cfg.compact == "auto" and cfg.structure.name == "heads_neurons"):
+        t = time.time()
+        compaction = compact_and_measure(model, tokenizer, eval_windows, device, cfg, out_dir)
+        times["compact"] = time.time() - t
+    elif cfg.save:
         save_dir = out_dir / "model"
         model.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
@@ -132,7 +137,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
             "corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
             "seq_len": int(cfg.calibration.seq_len)},
         "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
-        "threads": torch.get_num_threads(), "shots": shots, "layers": records,
+        "threads": torch.get_num_threads(), "shots": shots, "layers": records, "compaction": compaction,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     results.write_json_atomic(out_dir / "results.json", res)
@@ -141,6 +146,37 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     logger.finish()
     print(summary_line(res), flush=True)
     return res
+
+
+def compact_and_measure(model, tokenizer, eval_windows, device, cfg, out_dir: Path) -> dict:
+    """Shrinks the pruned model's shapes (surgeon/compact.py) and records what that buys:
+    parameters, safetensors size and generation latency before (dense shapes) and after, and
+    the largest logit difference between the compacted and the masked model."""
+    import tempfile
+
+    from surgeon import compact
+    from surgeon.eval.latency import ms_per_token
+
+    lat = dict(cfg.latency)
+    probe = next(iter(eval_windows.values()))[:1, :128]
+    with torch.no_grad():
+        masked = model(probe).logits
+    before = {"params": compact.parameter_count(model), "ms_per_token": ms_per_token(model, device, **lat)}
+    with tempfile.TemporaryDirectory() as tmp:
+        before["file_bytes"] = compact.save(model, None, tmp)
+    shapes = compact.compact(model)
+    with torch.no_grad():
+        diff = (model(probe).logits - masked).abs().max().item()
+    after = {"params": compact.parameter_count(model), "ms_per_token": ms_per_token(model, device, **lat)}
+    if cfg.save:
+        after["file_bytes"] = compact.save(model, tokenizer, out_dir / "model")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            after["file_bytes"] = compact.save(model, None, tmp)
+    log.info("compacted: %d -> %d parameters, %.1f -> %.1f ms/token, max logit diff %.2e", before["params"],
+             after["params"], before["ms_per_token"], after["ms_per_token"], diff)
+    return {"before": before, "after": after, "max_logit_diff": diff, "layer_shapes": shapes,
+            "native_transformers": bool(model.config.surgeon_native), "latency": lat}
 
 
 def _structure_name(cfg) -> str:

@@ -83,6 +83,23 @@ def test_multishot_run_fills_intermediate_columns_and_plots(compose_cfg, tmp_pat
     assert len(by_layer["layer total"]) == 2
 
 
+def test_slimgpt_run_compacts_and_reports_what_it_bought(compose_cfg, tmp_path):
+    from surgeon import compact
+
+    cfg = compose_cfg(*QUICK, "method=slimgpt", "sparsity=0.5", "save=true", "eval.corpora=[wiki_heldout]",
+                      "latency.new_tokens=4", "latency.repeats=1")
+    res = execute(cfg, tmp_path)
+    c = res["compaction"]
+    assert res["structure"] == "heads_neurons" and res["schedule"] == "incremental_ratio"
+    ratios = res["shots"][0]["layer_ratios"]
+    assert ratios[1] > ratios[0] and sum(ratios) / len(ratios) == pytest.approx(0.5)
+    assert c["max_logit_diff"] < 1e-3
+    assert c["after"]["params"] < c["before"]["params"] and c["after"]["file_bytes"] < c["before"]["file_bytes"]
+    assert c["before"]["params"] - c["after"]["params"] >= res["params_dense"] - res["params_pruned"]
+    reloaded = compact.load(tmp_path / "model")
+    assert compact.parameter_count(reloaded) == c["after"]["params"]
+
+
 def test_rerun_sweep_skips_finished_jobs(tmp_path):
     import subprocess
     import sys

@@ -1,0 +1,33 @@
+"""Generation latency for a fixed prompt: what a smaller model buys at inference time.
+
+Greedy decoding of `new_tokens` tokens after a `prompt_tokens` prompt (KV cache on), timed over
+`repeats` runs after one warm-up; returns the median milliseconds per generated token (prefill
+included, amortized), on whatever device the model is."""
+import statistics
+import time
+
+import torch
+
+
+@torch.inference_mode()
+def ms_per_token(model, device, prompt_tokens: int = 64, new_tokens: int = 32, repeats: int = 3,
+                 vocab: int | None = None) -> float:
+    vocab = vocab or model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=g).to(device)
+    model.to(device)
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       pad_token_id=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) * 1000 / new_tokens
+
+    once()
+    times = [once() for _ in range(repeats)]
+    model.to("cpu")
+    return statistics.median(times)
