@@ -240,3 +240,22 @@ def test_exact_diagonal_fisher_refuses_weight_updates():
     cfg = OmegaConf.create({"name": "diagonal", "source": "fisher", "damp": 0.01})
     with pytest.raises(SurgeonError, match="exact diagonal without Kronecker factors"):
         Method(OmegaConf.create({"allocation": "global", "update": "correlated"}), cfg, Unstructured())
+
+
+def test_lora_correction_between_shots_lowers_loss_and_keeps_the_zeros():
+    from surgeon.schedule.lora import correct
+
+    adapter, linears, _ = _surgeon_shot("tiny_llama", Unstructured(), 0.5)
+    model = adapter.model
+    windows = torch.randint(0, 256, (2, 24))
+    zeros = {k: lin.weight == 0 for k, lin in linears.items()}
+    before = {k: lin.weight.detach().clone() for k, lin in linears.items()}
+    losses = correct(adapter, windows, OmegaConf.create({"rank": 4, "alpha": 8, "lr": 1e-2, "steps": 25}),
+                     torch.device("cpu"))
+    assert losses[-1] < losses[0]
+    for k, lin in linears.items():
+        assert isinstance(lin, torch.nn.Linear) and type(lin) is torch.nn.Linear  # LoRA merged and gone
+        assert (lin.weight[zeros[k]] == 0).all()          # pruned weights stay pruned
+    assert any(not torch.equal(before[k], lin.weight) for k, lin in linears.items())  # survivors moved
+    for layer in adapter.layers():
+        assert all(type(m) is torch.nn.Linear for m in adapter.prunable_linears(layer).values())

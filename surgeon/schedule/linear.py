@@ -2,7 +2,7 @@
 with the curvature re-estimated on the partly pruned model before every shot, so later shots
 see (and correct) what earlier ones did. Perplexity can be measured after each shot, which also
 gives the intermediate sizes of one run (a 50% run over 40 shots passes 90%, 80%, ... of the
-dense size)."""
+dense size). `schedule.lora.steps>0` interleaves a LoRA correction after every shot (lora.py)."""
 import time
 
 from surgeon.engine import prune
@@ -15,6 +15,12 @@ def run_shots(adapter, windows, method, sparsity, device, cfg, shots: int, on_sh
         timings = {}
         start = time.time()
         records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t - 1, timings=timings)
+        lora_cfg = cfg.schedule.get("lora")
+        if lora_cfg and int(lora_cfg.steps) > 0 and windows is not None:
+            from surgeon.schedule.lora import correct
+
+            losses = correct(adapter, windows, lora_cfg, device, seed=int(cfg.seed) + t)
+            timings["lora_loss"] = [losses[0], losses[-1]]
         if on_shot:
             on_shot(t, target, {"prune_s": time.time() - start, **timings})
     return records
