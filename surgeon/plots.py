@@ -29,7 +29,7 @@ def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_allocation(r: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
     for name, pts in allocation_by_layer(r).items():
         xs, ys = zip(*sorted(pts))
         total = name == "layer total"
@@ -39,7 +39,7 @@ def plot_allocation(r: dict, path: Path) -> None:
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("fraction removed")
     ax.set_title(f"{r['model']} {r['method']} {setting(r)}: per-layer allocation", fontsize=10)
-    ax.legend(fontsize=7, ncol=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save(fig, path)
 
