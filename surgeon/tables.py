@@ -27,6 +27,14 @@ def setting(r: dict, sparsity: float | None = None) -> str:
     return s if ":" in s else f"{s} {100 * (r['target_sparsity'] if sparsity is None else sparsity):.0f}%"
 
 
+def label(r: dict) -> str:
+    """The row name: the method, plus its ratio curve when it departs from the preset's."""
+    sched = r.get("config", {}).get("schedule", {})
+    if sched.get("name") == "incremental_ratio" and sched.get("curve", "log") != "log":
+        return f"{r['method']} ({sched['curve']} ratios)"
+    return r["method"]
+
+
 def points(r: dict) -> list[tuple[str, dict]]:
     """(setting, ppl) of a run's end and of every intermediate shot measured on the full eval
     protocol (a multi-shot structured run to 30% also gives the 10% and 20% columns)."""
@@ -46,14 +54,17 @@ def build(results: list[dict]) -> dict:
         for r in results:
             for col, ppl in points(r):
                 if corpus in ppl:
-                    rows[r["method"]][col] = ppl[corpus]
+                    rows[label(r)][col] = ppl[corpus]
                     rows["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
         tables[corpus] = {"columns": columns, "rows": dict(rows)}
     return tables
 
 
 def _order(methods):
-    return sorted(methods, key=lambda m: (m != "dense", METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    def rank(m):
+        base = m.split(" (")[0]
+        return METHOD_ORDER.index(base) if base in METHOD_ORDER else 99
+    return sorted(methods, key=lambda m: (m != "dense", rank(m), m))
 
 
 def _cells(table):
@@ -103,6 +114,23 @@ def runs(results: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def compaction(results: list[dict]) -> str:
+    """What compaction bought, per structured run: parameters, file size, CPU ms/token."""
+    rows = [r for r in results if r.get("compaction")]
+    if not rows:
+        return ""
+    out = ["| method | setting | schedule | params | compacted params | file MB | compacted MB | ms/token | "
+           "compacted ms/token | speed-up | max logit diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (setting(r), r["method"], r["schedule"])):
+        b, a = r["compaction"]["before"], r["compaction"]["after"]
+        sched = r["schedule"] + (f" ({r['config']['schedule']['curve']})" if r["schedule"] == "incremental_ratio" else "")
+        out.append(f"| {r['method']} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
+                   f"{b['file_bytes'] / 2**20:.0f} | {a['file_bytes'] / 2**20:.0f} | {b['ms_per_token']:.1f} | "
+                   f"{a['ms_per_token']:.1f} | {b['ms_per_token'] / a['ms_per_token']:.2f}x | "
+                   f"{r['compaction']['max_logit_diff']:.1e} |")
+    return "\n".join(out) + "\n"
+
+
 def protocol_note(results) -> str:
     p = results[0]["eval_protocol"]
     toks = ", ".join(f"{k} {v:,}" for k, v in p["tokens"].items())
@@ -119,6 +147,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
     tables = build(results)
     md = markdown(tables, protocol_note(results)) + "\n**Runs**\n\n" + runs(results)
+    if compaction(results):
+        md += "\n**Compaction** (dense-shaped masked model vs compacted; ms per generated token)\n\n" + compaction(results)
     out = Path(args.out or (args.dirs[0] if Path(args.dirs[0]).is_dir() else Path(args.dirs[0]).parent))
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
