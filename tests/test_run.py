@@ -115,3 +115,21 @@ def test_rerun_sweep_skips_finished_jobs(tmp_path):
     assert "wanda already has results.json: skipped" in second.stdout
     assert (tmp_path / "wanda" / "results.json").stat().st_mtime_ns == stamp
     assert (tmp_path / "magnitude" / "results.json").exists()
+
+
+def test_tables_name_ratio_ablations_and_report_compaction(tmp_path):
+    from surgeon import tables
+
+    def res(method, curve, ppl, ms):
+        return {"method": method, "structure": "heads_neurons", "target_sparsity": 0.5, "schedule": "incremental_ratio",
+                "config": {"schedule": {"name": "incremental_ratio", "curve": curve}},
+                "ppl": {"wiki_heldout": ppl}, "ppl_dense": {"wiki_heldout": 20.0},
+                "compaction": {"before": {"params": 2e6, "file_bytes": 8 * 2**20, "ms_per_token": ms},
+                               "after": {"params": 1e6, "file_bytes": 4 * 2**20, "ms_per_token": ms / 2},
+                               "max_logit_diff": 0.0}}
+
+    rs = [res("slimgpt", "log", 30.0, 10.0), res("slimgpt", "uniform", 35.0, 10.0)]
+    md = tables.markdown(tables.build(rs))
+    assert "| slimgpt | **30.00** |" in md and "| slimgpt (uniform ratios) | 35.00 |" in md
+    comp = tables.compaction(rs)
+    assert "| 2.0M | 1.0M | 8 | 4 | 10.0 | 5.0 | 2.00x |" in comp
