@@ -38,6 +38,12 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["eval.corpora=[wikitext103]"], "unknown corpus 'wikitext103'"),
     (["model=local", "model.path=/nonexistent"], "model.path '/nonexistent' is not a folder"),
     (["model=tiny_llama", "model.model_type=mamba"], "no architecture adapter for model_type 'mamba'"),
+    (["method=slimgpt", "method.allocation=global"], "structure=heads_neurons is pruned layer by layer"),
+    (["method=sparsegpt", "schedule=incremental_ratio", "method.allocation=global"], "method.update=obs"),
+    (["method=llm_surgeon", "schedule=incremental_ratio"], "schedule=incremental_ratio sets per-layer ratios"),
+    (["method=slimgpt", "schedule.curve=cubic"], "schedule.curve 'cubic' is not one of log, linear, uniform"),
+    (["method=k_obd", "curvature.source=fisher", "method.update=correlated"], "exact diagonal without Kronecker"),
+    (["compact=maybe"], "compact must be auto, true or false"),
 ])
 def test_bad_config_errors(compose_cfg, overrides, message):
     with pytest.raises(SurgeonError, match=None) as err:

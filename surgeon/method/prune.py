@@ -31,15 +31,15 @@ class Method:
         if curvature_cfg.name not in curvatures.CURVATURES:
             raise SurgeonError(f"curvature '{curvature_cfg.name}' is not implemented yet")
         self.cfg, self.curvature_cfg, self.structure = cfg, curvature_cfg, structure
-        if update == "obs" and (self.is_global or structure.name not in ("unstructured", "nm", "heads_neurons")):
-            raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
-                               "a curvature without gradients and an unstructured or N:M structure")
-        if update != "none" and curvature_cfg.get("source") == "fisher":
-            raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
-                               "it gives OBD costs only (method.update=none)")
         if structure.name == "heads_neurons" and (self.is_global or update not in ("obs", "none")):
             raise SurgeonError("structure=heads_neurons is pruned layer by layer on the layer Hessian: it needs "
                                "method.update=obs|none, allocation layer|row and a curvature without gradients")
+        if update == "obs" and (self.is_global or structure.name not in ("unstructured", "nm", "heads_neurons")):
+            raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
+                               "a curvature without gradients and an unstructured, N:M or heads_neurons structure")
+        if update != "none" and curvature_cfg.get("source") == "fisher":
+            raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
+                               "it gives OBD costs only (method.update=none)")
         if cfg.allocation == "row" and structure.name == "rows_cols":
             raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
 
