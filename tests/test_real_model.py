@@ -23,3 +23,24 @@ def test_sparsegpt_beats_wanda_beats_magnitude(compose_cfg, tmp_path, structure)
         assert res["achieved_sparsity"] == pytest.approx(0.5, abs=1e-3)
         ppl[method] = res["ppl"]["wiki_heldout"]
     assert ppl["sparsegpt"] < ppl["wanda"] < ppl["magnitude"], ppl
+
+
+def test_slimgpt_compacts_smollm2_and_it_reloads(compose_cfg, tmp_path):
+    from surgeon import compact
+
+    res = execute(compose_cfg(*QUICK, "method=slimgpt", "sparsity=0.3", "save=true", "latency.repeats=1"), tmp_path)
+    c = res["compaction"]
+    assert c["max_logit_diff"] < 1e-3
+    assert c["after"]["params"] < 0.8 * c["before"]["params"]
+    assert res["ppl"]["wiki_heldout"] < 3 * res["ppl_dense"]["wiki_heldout"]
+    assert compact.parameter_count(compact.load(tmp_path / "model")) == c["after"]["params"]
+
+
+def test_llm_surgeon_structured_beats_k_obd(compose_cfg, tmp_path):
+    ppl = {}
+    for method in ("k_obd", "llm_surgeon"):
+        res = execute(compose_cfg(*QUICK, f"method={method}", "structure=rows_cols", "sparsity=0.1",
+                                  "schedule=linear", "schedule.shots=2", "schedule.eval_every=0",
+                                  "curvature.damp_g=0.1"), tmp_path / method)
+        ppl[method] = res["ppl"]["wiki_heldout"]
+    assert ppl["llm_surgeon"] < ppl["k_obd"], ppl
