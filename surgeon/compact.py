@@ -13,7 +13,6 @@ heads, FFN width per layer). When every layer has the same shape and the archite
 it from its config, the config's own fields are set too and transformers' `from_pretrained`
 loads the model as is; otherwise `surgeon.compact.load(dir)` builds the per-layer shapes first.
 """
-import json
 from pathlib import Path
 
 import torch
@@ -68,6 +67,23 @@ def layer_plan(adapter, layer) -> dict:
     return {"units_keep": (~units_dead).nonzero().flatten(), "neurons_keep": (~neurons_dead).nonzero().flatten()}
 
 
+def _resize(adapter, layer, units: torch.Tensor, neurons: torch.Tensor) -> dict:
+    """Keeps only attention units `units` and FFN neurons `neurons` of `layer`; returns its shape."""
+    att, mlp = adapter.attention(layer), adapter.mlp(layer)
+    hd, rep = att.head_dim, att.num_heads // att.num_kv_heads
+    q_rows = (units.view(-1, 1) * rep * hd + torch.arange(rep * hd)).flatten()
+    kv_rows = (units.view(-1, 1) * hd + torch.arange(hd)).flatten()
+    _replace(layer, att.q, _slice(att.q, rows=q_rows))
+    _replace(layer, att.k, _slice(att.k, rows=kv_rows))
+    _replace(layer, att.v, _slice(att.v, rows=kv_rows))
+    _replace(layer, att.o, _slice(att.o, cols=q_rows))
+    adapter.set_head_counts(layer, len(units) * rep, len(units))
+    for lin in mlp.inputs:
+        _replace(layer, lin, _slice(lin, rows=neurons))
+    _replace(layer, mlp.output, _slice(mlp.output, cols=neurons))
+    return {"num_heads": len(units) * rep, "num_kv_heads": len(units), "ffn": len(neurons)}
+
+
 @torch.no_grad()
 def compact(model) -> list[dict]:
     """Removes every dead unit and neuron in place; returns the per-layer shapes."""
@@ -75,21 +91,7 @@ def compact(model) -> list[dict]:
     shapes = []
     for layer in adapter.layers():
         plan = layer_plan(adapter, layer)
-        att, mlp = adapter.attention(layer), adapter.mlp(layer)
-        hd, rep = att.head_dim, att.num_heads // att.num_kv_heads
-        units = plan["units_keep"]
-        q_rows = (units.view(-1, 1) * rep * hd + torch.arange(rep * hd)).flatten()
-        kv_rows = (units.view(-1, 1) * hd + torch.arange(hd)).flatten()
-        _replace(layer, att.q, _slice(att.q, rows=q_rows))
-        _replace(layer, att.k, _slice(att.k, rows=kv_rows))
-        _replace(layer, att.v, _slice(att.v, rows=kv_rows))
-        _replace(layer, att.o, _slice(att.o, cols=q_rows))
-        adapter.set_head_counts(layer, len(units) * rep, len(units))
-        neurons = plan["neurons_keep"]
-        for lin in mlp.inputs:
-            _replace(layer, lin, _slice(lin, rows=neurons))
-        _replace(layer, mlp.output, _slice(mlp.output, cols=neurons))
-        shapes.append({"num_heads": len(units) * rep, "num_kv_heads": len(units), "ffn": len(neurons)})
+        shapes.append(_resize(adapter, layer, plan["units_keep"], plan["neurons_keep"]))
     _describe(model, adapter, shapes)
     return shapes
 
@@ -133,17 +135,8 @@ def load(directory, dtype=torch.float32):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = adapter_for(model)
-    for layer, s in zip(adapter.layers(), shapes):
-        att, mlp = adapter.attention(layer), adapter.mlp(layer)
-        hd = att.head_dim
-        _replace(layer, att.q, _slice(att.q, rows=torch.arange(s["num_heads"] * hd)))
-        _replace(layer, att.k, _slice(att.k, rows=torch.arange(s["num_kv_heads"] * hd)))
-        _replace(layer, att.v, _slice(att.v, rows=torch.arange(s["num_kv_heads"] * hd)))
-        _replace(layer, att.o, _slice(att.o, cols=torch.arange(s["num_heads"] * hd)))
-        adapter.set_head_counts(layer, s["num_heads"], s["num_kv_heads"])
-        for lin in mlp.inputs:
-            _replace(layer, lin, _slice(lin, rows=torch.arange(s["ffn"])))
-        _replace(layer, mlp.output, _slice(mlp.output, cols=torch.arange(s["ffn"])))
+    for layer, s in zip(adapter.layers(), shapes):  # the shapes only; the weights come next
+        _resize(adapter, layer, torch.arange(s["num_kv_heads"]), torch.arange(s["ffn"]))
     state = {}
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(f))
@@ -158,7 +151,3 @@ def load(directory, dtype=torch.float32):
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def describe_file(directory) -> dict:
-    cfg = json.loads((Path(directory) / "config.json").read_text())
-    return {"native": cfg.get("surgeon_native", False), "layers": cfg.get("surgeon_layer_shapes")}

@@ -5,7 +5,6 @@
 - shots_<structure>.png/.pdf: perplexity against achieved sparsity after every shot of the
   multi-shot runs, one line per method (the first eval corpus).
 """
-import argparse
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from surgeon.tables import load_results, setting  # noqa: E402
+from surgeon.tables import cli, setting  # noqa: E402
 
 
 def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
@@ -73,14 +72,7 @@ def _save(fig, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dirs", nargs="+", help="multirun folders, run folders or results.json files")
-    ap.add_argument("--out", help="folder for the figures (default: the first dir)")
-    args = ap.parse_args(argv)
-    results = load_results(args.dirs)
-    if not results:
-        raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
-    out = Path(args.out or args.dirs[0])
+    results, out = cli(argv, __doc__.splitlines()[0], "the figures")
     for r in results:
         name = f"allocation_{r['method']}_{setting(r)}".replace(" ", "_").replace("%", "").replace(":", "-")
         plot_allocation(r, out / name)

@@ -137,19 +137,26 @@ def protocol_note(results) -> str:
     return f" ({p['seq_len']}-token windows; tokens: {toks})"
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(argv, description: str, writes: str) -> tuple[list[dict], Path]:
+    """The command line shared by tables and plots: result folders in, an output folder."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("dirs", nargs="+", help="multirun folders, run folders or results.json files")
-    ap.add_argument("--out", help="folder for tables.md / tables.tex (default: the first dir)")
+    ap.add_argument("--out", help=f"folder for {writes} (default: the first dir)")
     args = ap.parse_args(argv)
     results = load_results(args.dirs)
     if not results:
         raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
+    first = Path(args.dirs[0])
+    return results, Path(args.out or (first if first.is_dir() else first.parent))
+
+
+def main(argv=None) -> None:
+    results, out = cli(argv, __doc__.splitlines()[0], "tables.md / tables.tex")
     tables = build(results)
     md = markdown(tables, protocol_note(results)) + "\n**Runs**\n\n" + runs(results)
-    if compaction(results):
-        md += "\n**Compaction** (dense-shaped masked model vs compacted; ms per generated token)\n\n" + compaction(results)
-    out = Path(args.out or (args.dirs[0] if Path(args.dirs[0]).is_dir() else Path(args.dirs[0]).parent))
+    comp = compaction(results)
+    if comp:
+        md += "\n**Compaction** (dense-shaped masked model vs compacted; ms per generated token)\n\n" + comp
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
     (out / "tables.tex").write_text(latex(tables))

@@ -37,6 +37,8 @@ class Curvature:
         fits and the kernel writes the rest out, so host memory stays bounded; the file is
         unlinked at once and vanishes with the tensor)."""
         store = self.cfg.get("store", "device")
+        if store not in STORES:
+            raise ValueError(f"curvature.store must be one of {', '.join(STORES)}, got {store}")
         if store == "device":
             return torch.zeros(*shape, dtype=torch.float32, device=self.device)
         if store == "cpu":

@@ -46,8 +46,6 @@ class Method:
     @property
     def is_global(self) -> bool:
         """Decisions need whole-model statistics, not one layer's."""
-        if self.structure.name == "heads_neurons" and self.cfg.allocation != "global":
-            return curvatures.needs_gradients(self.curvature_cfg) or self.cfg["update"] == "correlated"
         return (self.cfg.allocation == "global" or self.cfg["update"] == "correlated"
                 or self.structure.name == "rows_cols" or curvatures.needs_gradients(self.curvature_cfg))
 

@@ -4,6 +4,7 @@ less and deep ones more: r_i = a + b f(i / (L-1)) with f rising from 0 to 1 (log
 (e-1) x), linear: x, uniform: 0), b = spread * target, a chosen so the mean is the target;
 ratios are kept within [0, max_ratio] and the mean restored."""
 import math
+import time
 
 from surgeon.engine import prune
 from surgeon.errors import SurgeonError
@@ -30,10 +31,7 @@ def ratios(n_layers: int, target: float, curve: str = "log", spread: float = 1.0
 
 
 def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    import time
-
-    if method.is_global:
-        raise SurgeonError("schedule=incremental_ratio sets per-layer ratios: it needs a layer-wise method")
+    """Layer-wise methods only: config.check refuses global ones before anything is loaded."""
     s = cfg.schedule
     per_layer = ratios(len(adapter.layers()), sparsity, s.curve, float(s.spread), float(s.max_ratio))
     start = time.time()

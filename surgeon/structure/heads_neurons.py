@@ -7,17 +7,9 @@ Per layer, `ratio` of the attention units is removed (rounded, at least one unit
 as many FFN neurons as bring the layer's removed parameters to `ratio` of its prunable ones.
 Decisions are made on the output linears' input columns (o_proj, down_proj); see
 surgeon/method/batched_greedy.py."""
+from surgeon.structure.base import Structure
 
 
-class HeadsNeurons:
+class HeadsNeurons(Structure):
     name = "heads_neurons"
-    period = None
-
-    def check(self, in_features: int) -> None:
-        pass
-
-    def target(self, sparsity: float) -> float:
-        return sparsity
-
-    def select(self, costs, sparsity, scope="layer"):
-        raise ValueError("structure=heads_neurons is decided per decoder layer, not per element")
+    decided_by = "per decoder layer"

@@ -1,16 +1,11 @@
 """`structure=unstructured`: any single weight may go."""
 import torch
 
+from surgeon.structure.base import Structure
 
-class Unstructured:
+
+class Unstructured(Structure):
     name = "unstructured"
-    period = None   # no column pattern: a selection may span a whole block
-
-    def check(self, in_features: int) -> None:
-        pass
-
-    def target(self, sparsity: float) -> float:
-        return sparsity
 
     def select(self, costs: torch.Tensor, sparsity: float, scope: str = "layer") -> torch.Tensor:
         """Boolean mask of weights to REMOVE: the lowest costs, over the matrix or per row."""
