@@ -96,10 +96,10 @@ def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: flo
         t0 = time.time()
         layer.to(device)
         linears = adapter.prunable_linears(layer)
-        curvs = {name: method.new_curvature(lin) for name, lin in linears.items()}
+        curvs = {name: method.new_curvature(linears[name]) for name in method.measured(adapter, layer, linears)}
         if data is not None:
-            hooks = [lin.register_forward_hook(lambda mod, inp, out, c=curvs[name]: c.add_batch(inp[0]))
-                     for name, lin in linears.items()]
+            hooks = [linears[name].register_forward_hook(lambda mod, inp, out, c=c: c.add_batch(inp[0]))
+                     for name, c in curvs.items()]
             try:
                 forward_layer(layer, data.inputs, data.layer_kwargs[i])
             finally:

@@ -56,6 +56,14 @@ class Method:
     def new_curvature(self, linear) -> curvatures.Curvature:
         return curvatures.build(self.curvature_cfg, linear)
 
+    def measured(self, adapter, layer, linears: dict) -> list[str]:
+        """The linears whose curvature the layer's decisions read: all of them, except for
+        heads_neurons, decided on the output linears' columns alone (o_proj, down_proj / fc2)."""
+        if self.structure.name != "heads_neurons":
+            return list(linears)
+        outputs = (adapter.attention(layer).o, adapter.mlp(layer).output)
+        return [name for name, lin in linears.items() if any(lin is o for o in outputs)]
+
     @torch.no_grad()
     def prune_layer(self, adapter, layer, index: int, linears: dict, curvs: dict, ratio: float) -> list[dict]:
         """Prunes one decoder layer in place; returns a record per linear."""
