@@ -5,6 +5,10 @@ What can go is read from the weights, so it works after any structured method:
   columns are all zero, or whose v rows (and bias) are - either way it adds nothing;
 - an FFN neuron whose output column is zero, or one of whose input rows (and bias) is zero:
   SiLU, GELU and ReLU all map 0 to 0, so a zero gate, up or fc1 pre-activation silences it.
+- a hidden dimension nothing writes to (its embedding column and its o_proj / down_proj rows
+  in every layer are zero, as Compresso leaves them): RMSNorm then sees a zero there, so the
+  dimension goes from every linear, the embedding and the head, and each norm keeps its output
+  by scaling its weight by sqrt(d / d') and its epsilon by d / d' (mean over d' not d).
 At least one unit and one neuron per layer stay so every layer keeps a valid shape. The output
 bias (o_proj / fc2) is untouched, so the compacted model's logits equal the masked model's.
 
@@ -84,14 +88,56 @@ def _resize(adapter, layer, units: torch.Tensor, neurons: torch.Tensor) -> dict:
     return {"num_heads": len(units) * rep, "num_kv_heads": len(units), "ffn": len(neurons)}
 
 
+def hidden_plan(adapter) -> torch.Tensor | None:
+    """The hidden dimensions something writes to, or None when all of them are (or the
+    architecture's norms cannot lose dimensions exactly)."""
+    if not adapter.hidden_prunable:
+        return None
+    dead = (adapter.embeddings().weight == 0).all(0)
+    for layer in adapter.layers():
+        dead &= _dead_rows(adapter.attention(layer).o) & _dead_rows(adapter.mlp(layer).output)
+    dead = _keep_one(dead)
+    return (~dead).nonzero().flatten() if dead.any() else None
+
+
+def _shrink_hidden(model, adapter, keep: torch.Tensor) -> None:
+    d, d_new = adapter.embeddings().weight.shape[1], len(keep)
+    old = adapter.embeddings()
+    emb = nn.Embedding(old.num_embeddings, d_new, padding_idx=old.padding_idx, device=old.weight.device,
+                       dtype=old.weight.dtype)
+    emb.weight.data.copy_(old.weight.data[:, keep])
+    adapter.decoder().embed_tokens = emb
+    for layer in adapter.layers():
+        att, mlp = adapter.attention(layer), adapter.mlp(layer)
+        for lin in (att.q, att.k, att.v, *mlp.inputs):
+            _replace(layer, lin, _slice(lin, cols=keep))
+        for lin in (att.o, mlp.output):
+            _replace(layer, lin, _slice(lin, rows=keep))
+    for norm in adapter.hidden_norms():
+        norm.weight = nn.Parameter(norm.weight.data[keep] * (d / d_new) ** 0.5)
+        norm.variance_epsilon *= d / d_new
+    head = model.get_output_embeddings()
+    new_head = _slice(head, cols=keep)
+    if getattr(model.config, "tie_word_embeddings", False):
+        new_head.weight = emb.weight
+    model.set_output_embeddings(new_head)
+    cfg = model.config
+    cfg.head_dim = adapter.attention(adapter.layers()[0]).head_dim  # no longer hidden / heads
+    cfg.rms_norm_eps *= d / d_new
+    cfg.hidden_size = d_new
+
+
 @torch.no_grad()
 def compact(model) -> list[dict]:
-    """Removes every dead unit and neuron in place; returns the per-layer shapes."""
+    """Removes every dead unit, neuron and hidden dimension in place; returns the per-layer shapes."""
     adapter = adapter_for(model)
     shapes = []
     for layer in adapter.layers():
         plan = layer_plan(adapter, layer)
         shapes.append(_resize(adapter, layer, plan["units_keep"], plan["neurons_keep"]))
+    keep = hidden_plan(adapter)
+    if keep is not None:
+        _shrink_hidden(model, adapter, keep)
     _describe(model, adapter, shapes)
     return shapes
 
@@ -104,7 +150,8 @@ def _describe(model, adapter, shapes: list[dict]) -> None:
     uniform = all(s == shapes[0] for s in shapes)
     heads_same = shapes[0]["num_heads"] == cfg.num_attention_heads
     explicit_head_dim = getattr(cfg, "head_dim", None) is not None
-    if uniform and (heads_same or explicit_head_dim):
+    divides = cfg.hidden_size % shapes[0]["num_heads"] == 0  # transformers' configs check this
+    if uniform and (heads_same or explicit_head_dim) and divides:
         cfg.num_attention_heads = shapes[0]["num_heads"]
         if hasattr(cfg, "num_key_value_heads"):
             cfg.num_key_value_heads = shapes[0]["num_kv_heads"]

@@ -34,7 +34,7 @@ def check(cfg: DictConfig) -> None:
     """Everything that can be checked without loading a model."""
     from surgeon import model as models
     from surgeon import schedule, structure
-    from surgeon.method import Method
+    from surgeon.method import TRAINED, Method
 
     if cfg.get("compact", "auto") not in ("auto", True, False):
         raise SurgeonError(f"compact must be auto, true or false, got {cfg.compact}")
@@ -44,8 +44,12 @@ def check(cfg: DictConfig) -> None:
     if cfg.structure.name not in cfg.method.structures:
         raise SurgeonError(f"method={cfg.method.name} cannot do structure={cfg.structure.name} "
                            f"(it can: {', '.join(cfg.method.structures)})")
-    method = Method(cfg.method, cfg.curvature, st)
     schedule.get(cfg.schedule.name)
+    if cfg.method.name in TRAINED:
+        TRAINED[cfg.method.name].check(cfg)
+        method = None
+    else:
+        method = Method(cfg.method, cfg.curvature, st)
     if cfg.schedule.name == "incremental_ratio":
         if method.is_global:
             raise SurgeonError(f"schedule=incremental_ratio sets per-layer ratios; method={cfg.method.name} "

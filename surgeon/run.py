@@ -41,7 +41,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     from surgeon import eval as evaluation
     from surgeon import model as models
     from surgeon.data.windows import calibration_windows
-    from surgeon.method import Method
+    from surgeon.method import TRAINED, Method
     from surgeon.tracking import results, wandb_logger
 
     t_start = time.time()
@@ -50,7 +50,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     torch.set_num_threads(_threads(cfg))
     device = engine.resolve_device(cfg.device)
     structure = structures.build(cfg.structure)
-    method = Method(cfg.method, cfg.curvature, structure)
+    trained = TRAINED.get(cfg.method.name)  # learns its masks by training (Compresso)
+    method = None if trained else Method(cfg.method, cfg.curvature, structure)
     target = structure.target(float(cfg.sparsity))
 
     model, tokenizer = models.load(cfg.model)
@@ -66,10 +67,10 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     eval_windows = evaluation.build_windows(cfg.eval, tokenizer, bos)
     protocol = evaluation.protocol(cfg.eval, eval_windows)
 
-    def measure(tag: str, windows_by_corpus: dict = eval_windows) -> dict:
+    def measure(tag: str, windows_by_corpus: dict = eval_windows, prefix=None) -> dict:
         model.to(device)  # the whole model for evaluation; pruning moves one layer at a time
         ppl = evaluation.evaluate(model, windows_by_corpus, device, cfg.eval.batch_size,
-                                  lambda m: log.info("%s %s", tag, m))
+                                  lambda m: log.info("%s %s", tag, m), prefix, bos is not None)
         model.to("cpu")
         return ppl
 
@@ -81,7 +82,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
 
     t = time.time()
     windows = None
-    if method.needs_data:
+    if method is not None and method.needs_data:
         windows = calibration_windows(cfg.calibration.corpus, tokenizer, int(cfg.calibration.num_samples),
                                       int(cfg.calibration.seq_len), int(cfg.calibration.seed), bos)
     times["calibration_data"] = time.time() - t
@@ -89,7 +90,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     t = time.time()
     log.info("pruning %s with %s (%s, %s) to %.0f%%", cfg.model.name, cfg.method.name,
              cfg.curvature.name, cfg.structure.name, 100 * target)
-    shots = []
+    shots, training = [], None
 
     def on_shot(t: int, shot_target: float, timings: dict) -> None:
         entry = {"shot": t, "target_sparsity": shot_target,
@@ -104,8 +105,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
                     **{f"shot_ppl/{k}": v for k, v in entry.get("ppl", {}).items()}})
         log.info("shot %d: sparsity %.3f", t, entry["achieved_sparsity"])
 
-    records = schedule.get(cfg.schedule.name).run(adapter, windows, method, target, device, cfg=cfg,
-                                                  on_shot=on_shot)
+    if trained:
+        records, training = trained.run(adapter, tokenizer, cfg, device, logger)
+    else:
+        records = schedule.get(cfg.schedule.name).run(adapter, windows, method, target, device, cfg=cfg,
+                                                      on_shot=on_shot)
     times["prune"] = time.time() - t  # includes the calibration forward passes, layer by layer
 
     params_pruned = adapter.nonzero_prunable_parameters()
@@ -114,6 +118,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     t = time.time()
     last = shots[-1] if shots else {}
     ppl = last["ppl"] if last.get("full_eval") and last["shot"] == len(shots) else measure("pruned")
+    ppl_prompt = None
+    if trained and cfg.method.prompt.eval:  # the collaborative prompt read before every window
+        prefix = torch.tensor(([bos] if bos is not None else [])
+                              + tokenizer(cfg.method.prompt.text.strip() + "\n\n", add_special_tokens=False)["input_ids"])
+        ppl_prompt = measure("pruned, with prompt", prefix=prefix)
     times["eval"] = time.time() - t
 
     compaction = None
@@ -132,12 +141,12 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         "structure": _structure_name(cfg.structure), "schedule": cfg.schedule.name, "seed": int(cfg.seed),
         "target_sparsity": target, "achieved_sparsity": achieved,
         "params_dense": params_dense, "params_pruned": params_pruned,
-        "ppl_dense": ppl_dense, "ppl": ppl, "eval_protocol": protocol,
+        "ppl_dense": ppl_dense, "ppl": ppl, "ppl_prompt": ppl_prompt, "eval_protocol": protocol,
         "calibration": None if windows is None else {  # None: the method used no data
             "corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
             "seq_len": int(cfg.calibration.seq_len)},
         "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
-        "threads": torch.get_num_threads(), "shots": shots, "layers": records, "compaction": compaction,
+        "threads": torch.get_num_threads(), "shots": shots, "layers": records, "training": training, "compaction": compaction,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     results.write_json_atomic(out_dir / "results.json", res)

@@ -17,11 +17,18 @@ from surgeon.tracking.results import write_json_atomic
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, device, batch_size: int = 1) -> float:
+def perplexity(model, windows: torch.Tensor, device, batch_size: int = 1, prefix: torch.Tensor | None = None,
+               bos: bool = False) -> float:
+    """`prefix` (1-D token ids, e.g. a prompt) is read before every window and never scored;
+    the targets stay each window's tokens after its first, so the figures compare with and
+    without it. With `bos` the prefix carries the BOS and the window's own BOS is dropped."""
     nll, count = 0.0, 0
     for batch in windows.split(batch_size):
         batch = batch.to(device)
-        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        inputs = batch
+        if prefix is not None:
+            inputs = torch.cat([prefix.to(device).expand(len(batch), -1), batch[:, int(bos):]], 1)
+        logits = model(inputs, use_cache=False).logits[:, -batch.shape[1]:-1].float()
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
                                reduction="sum").item()
         count += batch[:, 1:].numel()
@@ -39,10 +46,11 @@ def build_windows(cfg_eval, tokenizer, bos_id) -> dict:
             for name in cfg_eval.corpora}
 
 
-def evaluate(model, windows_by_corpus: dict, device, batch_size: int, progress=None) -> dict:
+def evaluate(model, windows_by_corpus: dict, device, batch_size: int, progress=None, prefix=None,
+             bos: bool = False) -> dict:
     out = {}
     for name, windows in windows_by_corpus.items():
-        out[name] = perplexity(model, windows, device, batch_size)
+        out[name] = perplexity(model, windows, device, batch_size, prefix, bos)
         if progress:
             progress(f"ppl {name}: {out[name]:.3f}")
     return out

@@ -31,6 +31,9 @@ class Mlp:
 class Adapter:
     model_types: tuple[str, ...] = ()
     ffn_config_key = "intermediate_size"  # the config field of the FFN width
+    # Hidden dimensions can be dropped exactly only where every norm over them is an RMSNorm
+    # fed by the residual stream (a zero dimension changes no statistic but the count d).
+    hidden_prunable = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -55,7 +58,14 @@ class Adapter:
             if isinstance(getattr(attn, name, None), int):
                 setattr(attn, name, value)
 
+    def hidden_norms(self) -> list[nn.Module]:
+        """Every norm over the hidden dimension (hidden_prunable adapters only)."""
+        raise NotImplementedError
+
     # -- shared --------------------------------------------------------------------------------
+    def embeddings(self) -> nn.Embedding:
+        return self.decoder().embed_tokens
+
     def layers(self) -> nn.ModuleList:
         return self.decoder().layers
 

@@ -8,3 +8,4 @@ from surgeon.model.adapters.llama import LlamaAdapter
 
 class Gemma3Adapter(LlamaAdapter):
     model_types = ("gemma3_text",)
+    hidden_prunable = False  # post-sublayer norms and an embedding scale tied to hidden_size

@@ -4,6 +4,11 @@ from surgeon.model.adapters.base import Adapter, Attention, Mlp, attention_geome
 
 class LlamaAdapter(Adapter):
     model_types = ("llama", "mistral")
+    hidden_prunable = True
+
+    def hidden_norms(self):
+        return [n for layer in self.layers() for n in (layer.input_layernorm, layer.post_attention_layernorm)] + \
+            [self.decoder().norm]
 
     def attention(self, layer) -> Attention:
         a = layer.self_attn

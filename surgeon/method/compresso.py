@@ -1,0 +1,262 @@
+"""`method=compresso` (Xu et al. 2023): structured pruning learned during instruction tuning.
+
+Hard-concrete gates (hard_concrete.py) on attention units (a KV group with its query heads; one
+head for multi-head models), FFN neurons and hidden dimensions are trained jointly with LoRA
+adapters (peft) on instruction data. A Lagrangian term drives the expected size to a target
+that warms up linearly from 0:
+
+    L = LM loss + l1 (s_hat - t) + l2 (s_hat - t)^2,   min over LoRA and gates, max over l1, l2
+
+where s_hat = 1 - E[kept prunable parameters] / dense. Every example may open with the
+collaborative prompt that tells the model it is being pruned. At the end the gates become
+deterministic, LoRA is merged, each kept gate's value is folded into the weights and every
+removed structure is zeroed in all the linears it touches, so compaction (surgeon/compact.py)
+shrinks the shapes exactly. Gates act through forward hooks: the model code is untouched.
+
+The loop runs under `accelerate` (device placement, gradient accumulation, mixed precision);
+`accelerate launch` with a DeepSpeed config scales it out (conf/experiment/compresso_llama7b.yaml).
+"""
+import logging
+import time
+
+import torch
+from torch import nn
+
+from surgeon.data import instructions
+from surgeon.errors import SurgeonError
+from surgeon.method.hard_concrete import HardConcrete
+
+log = logging.getLogger(__name__)
+
+KINDS = ("heads", "neurons", "hidden")
+
+
+def check(cfg) -> None:
+    m = cfg.method
+    unknown = set(m.gates) - set(KINDS)
+    if unknown or not m.gates:
+        raise SurgeonError(f"method.gates must be a non-empty subset of {list(KINDS)}, got {list(m.gates)}")
+    if cfg.structure.name != "heads_neurons":
+        raise SurgeonError("method=compresso removes heads, neurons and hidden dimensions: use structure=heads_neurons")
+    if cfg.schedule.name != "one_shot":
+        raise SurgeonError(f"method=compresso trains its own schedule (method.warmup_steps); got schedule={cfg.schedule.name}")
+    for key in ("steps", "batch_size", "grad_accum", "lora_rank"):
+        if int(m[key]) < 1:
+            raise SurgeonError(f"method.{key} must be positive, got {m[key]}")
+    if not 0 <= int(m.warmup_steps) <= int(m.steps):
+        raise SurgeonError(f"method.warmup_steps must be in [0, method.steps], got {m.warmup_steps}")
+    unknown = set(m.lora_targets) - {"q", "k", "v", "o", "ffn_in", "ffn_out"}
+    if unknown:
+        raise SurgeonError(f"method.lora_targets: unknown {sorted(unknown)} (choose from q, k, v, o, ffn_in, ffn_out)")
+    if m.prompt.train or m.prompt.eval:
+        if not str(m.prompt.text or "").strip():
+            raise SurgeonError("method.prompt.train/eval is on but method.prompt.text is empty")
+    instructions.check(m.data)
+
+
+class Gates(nn.Module):
+    """One hard-concrete gate per attention unit, FFN neuron and hidden dimension, and the
+    model's expected size under them."""
+
+    def __init__(self, adapter, kinds, init_drop: float, temperature: float):
+        super().__init__()
+        layers = adapter.layers()
+        att, mlp = adapter.attention(layers[0]), adapter.mlp(layers[0])
+        self.rep, self.hd = att.num_heads // att.num_kv_heads, att.head_dim
+        n_layers, hidden = len(layers), att.q.in_features
+        # parameters per unit / neuron per hidden dimension that survives
+        self.unit_params = (2 * self.rep + 2) * self.hd            # q, o: rep heads; k, v: one
+        self.neuron_params = len(mlp.inputs) + 1
+        self.dims = {"heads": (n_layers, att.num_kv_heads), "neurons": (n_layers, mlp.output.in_features),
+                     "hidden": (hidden,)}
+        self.gates = nn.ModuleDict({k: HardConcrete(self.dims[k], init_drop, temperature) for k in kinds})
+        self.dense = hidden * n_layers * (self.dims["heads"][1] * self.unit_params
+                                          + self.dims["neurons"][1] * self.neuron_params)
+        # transformers' configs want hidden_size to divide by the head count
+        self.multiple = {"hidden": adapter.config.num_attention_heads}
+        self.z: dict[str, torch.Tensor] = {}
+
+    def resample(self) -> None:
+        """Fresh samples while training, the deterministic gates otherwise (forward pre-hook)."""
+        self.z = self.sample() if self.training else self.deterministic()
+
+    def sample(self) -> dict:
+        return {k: g.sample() for k, g in self.gates.items()}
+
+    def deterministic(self) -> dict:
+        return {k: g.deterministic(self.multiple.get(k, 1)) for k, g in self.gates.items()}
+
+    def _expected(self, kind: str) -> torch.Tensor:
+        if kind in self.gates:
+            return self.gates[kind].prob_open().sum(-1)
+        return torch.tensor(float(self.dims[kind][-1]))
+
+    def expected_sparsity(self) -> torch.Tensor:
+        kept = self._expected("hidden") * (self._expected("heads") * self.unit_params
+                                           + self._expected("neurons") * self.neuron_params).sum()
+        return 1 - kept / self.dense
+
+    def clamp_(self) -> None:
+        for g in self.gates.values():
+            g.clamp_()
+
+
+def install(adapter, gates: Gates) -> list:
+    """Hooks that multiply each structure's output by its gate; returns the handles."""
+    handles = [adapter.model.register_forward_pre_hook(lambda *_: gates.resample())]
+
+    def scale(kind, index, width, which):
+        def hook(module, args, output=None):
+            z = gates.z[kind] if index is None else gates.z[kind][index]
+            if which == "input":  # pre-hook: gate the columns a unit or neuron feeds
+                x = args[0]
+                return ((x.unflatten(-1, (z.shape[-1], width)) * z[:, None]).flatten(-2),)
+            return output * z
+        return hook
+
+    for i, layer in enumerate(adapter.layers()):
+        att, mlp = adapter.attention(layer), adapter.mlp(layer)
+        if "heads" in gates.gates:
+            handles.append(att.o.register_forward_pre_hook(scale("heads", i, gates.rep * gates.hd, "input")))
+        if "neurons" in gates.gates:
+            handles.append(mlp.output.register_forward_pre_hook(scale("neurons", i, 1, "input")))
+        if "hidden" in gates.gates:  # every writer to the residual stream
+            handles += [m.register_forward_hook(scale("hidden", None, 1, "output")) for m in (att.o, mlp.output)]
+    if "hidden" in gates.gates:
+        handles.append(adapter.embeddings().register_forward_hook(scale("hidden", None, 1, "output")))
+    return handles
+
+
+def _zero_rows(lin: nn.Linear, rows: torch.Tensor) -> None:
+    lin.weight.data[rows] = 0.0
+    if lin.bias is not None:
+        lin.bias.data[rows] = 0.0
+
+
+@torch.no_grad()
+def fold(adapter, z: dict) -> dict:
+    """Bakes deterministic gates into plain weights: a kept gate's value scales what its
+    structure writes; a closed gate's structure is zeroed in every linear it touches (so the
+    zero count equals the compacted size). Hidden gates are made binary: with tied embeddings
+    the same matrix is also the output head, which must not be rescaled. Returns the kept counts."""
+    units, neurons, hidden = z.get("heads"), z.get("neurons"), z.get("hidden")
+    keep_hidden = None if hidden is None else hidden > 0
+    kept = {"heads": [], "neurons": [], "hidden": None if hidden is None else int(keep_hidden.sum())}
+    for i, layer in enumerate(adapter.layers()):
+        att, mlp = adapter.attention(layer), adapter.mlp(layer)
+        rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
+        if units is not None:
+            att.o.weight.mul_(units[i].repeat_interleave(rep * hd))
+            dead = units[i] == 0
+            _zero_rows(att.q, dead.repeat_interleave(rep * hd))
+            for lin in (att.k, att.v):
+                _zero_rows(lin, dead.repeat_interleave(hd))
+        if neurons is not None:
+            mlp.output.weight.mul_(neurons[i])
+            for lin in mlp.inputs:
+                _zero_rows(lin, neurons[i] == 0)
+        if keep_hidden is not None:
+            for lin in (att.q, att.k, att.v, *mlp.inputs):
+                lin.weight.data[:, ~keep_hidden] = 0.0
+            for lin in (att.o, mlp.output):
+                _zero_rows(lin, ~keep_hidden)
+        kept["heads"].append(att.num_heads if units is None else int((units[i] > 0).sum()) * rep)
+        kept["neurons"].append(mlp.output.in_features if neurons is None else int((neurons[i] > 0).sum()))
+    if keep_hidden is not None:
+        adapter.embeddings().weight.data[:, ~keep_hidden] = 0.0
+    return kept
+
+
+def _lora_targets(adapter, targets) -> list[str]:
+    names = {m: n for n, m in adapter.model.named_modules()}
+    out = []
+    for layer in adapter.layers():
+        att, mlp = adapter.attention(layer), adapter.mlp(layer)
+        pick = {"q": [att.q], "k": [att.k], "v": [att.v], "o": [att.o], "ffn_in": mlp.inputs, "ffn_out": [mlp.output]}
+        out += [names[lin] for t in targets for lin in pick[t]]
+    return out
+
+
+def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[list[dict], dict]:
+    """Trains gates + LoRA, then folds, merges and zeroes; returns (per-linear records, training log)."""
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+
+    m, seed = cfg.method, int(cfg.seed)
+    if "hidden" in m.gates and not adapter.hidden_prunable:
+        raise SurgeonError(f"method.gates=hidden needs RMSNorm pre-norm layers (Llama, Qwen2, Mistral); "
+                           f"{adapter.config.model_type} cannot drop hidden dimensions: use gates=[heads,neurons]")
+    if tokenizer is None:
+        raise SurgeonError("method=compresso needs a tokenizer (model.tokenizer_from for tiny models)")
+    prompt = m.prompt.text if m.prompt.train else None
+    bos = tokenizer.bos_token_id if cfg.model.add_bos else None
+    records = instructions.load(m.data)
+    examples = instructions.tokenize(records, tokenizer, prompt, int(m.data.seq_len), bos)
+    if not examples:
+        raise SurgeonError("no instruction example keeps a response token within method.data.seq_len")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = instructions.batches(examples, int(m.batch_size), pad, seed)
+
+    torch.manual_seed(seed)
+    model = adapter.model
+    gates = Gates(adapter, list(m.gates), float(m.init_drop), float(m.temperature))
+    lcfg = LoraConfig(r=int(m.lora_rank), lora_alpha=float(m.lora_alpha), lora_dropout=0.0,
+                      target_modules=_lora_targets(adapter, m.lora_targets))
+    peft_model = get_peft_model(model, lcfg)
+    if m.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.add_module("surgeon_gates", gates)  # inside the prepared model, so a distributed run syncs them
+    handles = install(adapter, gates)
+    lam = nn.Parameter(torch.zeros(2))
+    lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
+    lora = [p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n]
+    opt = torch.optim.AdamW([{"params": lora, "lr": float(m.lr), "weight_decay": 0.0},
+                             {"params": list(gates.parameters()), "lr": float(m.reg_lr), "weight_decay": 0.0},
+                             {"params": [lam], "lr": float(m.reg_lr), "weight_decay": 0.0}])
+    acc = Accelerator(cpu=device.type == "cpu", gradient_accumulation_steps=int(m.grad_accum),
+                      mixed_precision=m.mixed_precision)
+    peft_model, opt = acc.prepare(peft_model, opt)
+    lam.data = lam.data.to(acc.device)
+
+    target, warmup, steps = float(cfg.sparsity), int(m.warmup_steps), int(m.steps)
+    history, t0 = [], time.time()
+    peft_model.train()
+    for step in range(1, steps * int(m.grad_accum) + 1):
+        batch = {k: v.to(acc.device) for k, v in next(stream).items()}
+        update = (step - 1) // int(m.grad_accum) + 1
+        t = target * min(1.0, update / warmup) if warmup else target
+        with acc.accumulate(peft_model):
+            lm_loss = peft_model(**batch, use_cache=False).loss
+            s_hat = gates.expected_sparsity()
+            lag = lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
+            acc.backward(lm_loss + lag)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        gates.clamp_()
+        if step % int(m.grad_accum) == 0 and (update % int(m.log_every) == 0 or update in (1, steps)):
+            entry = {"step": update, "lm_loss": lm_loss.item(), "expected_sparsity": s_hat.item(), "target": t,
+                     "lambda1": lam[0].item(), "lambda2": lam[1].item(), "elapsed_s": time.time() - t0}
+            history.append(entry)
+            log.info("step %d: loss %.3f, expected sparsity %.3f (target %.3f), lambda %.2f / %.2f",
+                     update, entry["lm_loss"], entry["expected_sparsity"], t, entry["lambda1"], entry["lambda2"])
+            if logger:
+                logger.log({f"train/{k}": v for k, v in entry.items()})
+
+    peft_model = acc.unwrap_model(peft_model)
+    gates.eval()
+    z = gates.deterministic()
+    for h in handles:
+        h.remove()
+    del model.surgeon_gates
+    merged = peft_model.merge_and_unload()
+    if m.gradient_checkpointing:
+        merged.gradient_checkpointing_disable()
+    merged.eval().to("cpu")
+    adapter.model = merged
+    kept = fold(adapter, {k: v.cpu() for k, v in z.items()})
+    train_log = {"history": history, "kept": kept, "examples": len(examples), "train_s": time.time() - t0,
+                 "expected_sparsity": gates.expected_sparsity().item(), "prompt_in_training": prompt is not None}
+    recs = [{"layer": i, "name": name, "numel": lin.weight.numel(), "sparsity": (lin.weight == 0).float().mean().item()}
+            for i, layer in enumerate(adapter.layers()) for name, lin in adapter.prunable_linears(layer).items()]
+    return recs, train_log
