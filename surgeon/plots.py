@@ -5,6 +5,7 @@
 - shots_<structure>.png/.pdf: perplexity against achieved sparsity after every shot of the
   multi-shot runs, one line per method (the first eval corpus).
 """
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from surgeon.tables import cli, setting  # noqa: E402
+from surgeon.tables import cli, label, setting  # noqa: E402
 
 
 def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
@@ -37,7 +38,7 @@ def plot_allocation(r: dict, path: Path) -> None:
     ax.axhline(r["achieved_sparsity"], color="grey", ls="--", lw=1, label="model")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("fraction removed")
-    ax.set_title(f"{r['model']} {r['method']} {setting(r)}: per-layer allocation", fontsize=10)
+    ax.set_title(f"{r['model']} {label(r)} {setting(r)}: per-layer allocation", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save(fig, path)
@@ -74,7 +75,7 @@ def _save(fig, path: Path) -> None:
 def main(argv=None) -> None:
     results, out = cli(argv, __doc__.splitlines()[0], "the figures")
     for r in results:
-        name = f"allocation_{r['method']}_{setting(r)}".replace(" ", "_").replace("%", "").replace(":", "-")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
         plot_allocation(r, out / name)
         print(out / f"{name}.png")
     by_structure = defaultdict(list)

@@ -28,11 +28,23 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 
 def label(r: dict) -> str:
-    """The row name: the method, plus its ratio curve when it departs from the preset's."""
-    sched = r.get("config", {}).get("schedule", {})
+    """The row name: the method, plus what departs from its preset (ratio curve, prompt)."""
+    cfg = r.get("config", {})
+    sched = cfg.get("schedule", {})
     if sched.get("name") == "incremental_ratio" and sched.get("curve", "log") != "log":
         return f"{r['method']} ({sched['curve']} ratios)"
+    if r.get("training") is not None and not r["training"].get("prompt_in_training", True):
+        return f"{r['method']} (no prompt)"
     return r["method"]
+
+
+def rows(r: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """(row name, points) of one run: its own row and, when the run also measured perplexity
+    with the collaborative prompt read first (Compresso), a row for that."""
+    out = [(label(r), points(r))]
+    if r.get("ppl_prompt"):
+        out.append((f"{label(r)}, prompt at inference", [(setting(r), r["ppl_prompt"])]))
+    return out
 
 
 def points(r: dict) -> list[tuple[str, dict]]:
@@ -50,13 +62,14 @@ def build(results: list[dict]) -> dict:
     corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
     columns = sorted({col for r in results for col, _ in points(r)}, key=lambda s: (":" in s, s))
     for corpus in corpora:
-        rows = defaultdict(dict)
+        table = defaultdict(dict)
         for r in results:
-            for col, ppl in points(r):
-                if corpus in ppl:
-                    rows[label(r)][col] = ppl[corpus]
-                    rows["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
-        tables[corpus] = {"columns": columns, "rows": dict(rows)}
+            for name, pts in rows(r):
+                for col, ppl in pts:
+                    if corpus in ppl:
+                        table[name][col] = ppl[corpus]
+                        table["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
+        tables[corpus] = {"columns": columns, "rows": dict(table)}
     return tables
 
 
@@ -105,10 +118,12 @@ def runs(results: list[dict]) -> str:
            "|---|---|---:|---|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: (setting(r),
                                              METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99)):
-        cal = r.get("calibration")
+        cal, train = r.get("calibration"), r.get("training")
         cal_txt = f"{cal['num_samples']} x {cal['seq_len']}" if cal else "none"
+        if train:
+            cal_txt = f"trained: {train['history'][-1]['step']} steps on {train['examples']:,} examples"
         t = r.get("time_s", {})
-        out.append(f"| {r['method']} | {setting(r)} | {r.get('achieved_sparsity', float('nan')):.4f} | "
+        out.append(f"| {label(r)} | {setting(r)} | {r.get('achieved_sparsity', float('nan')):.4f} | "
                    f"{cal_txt} | {t.get('prune', 0):.0f} | "
                    f"{t.get('eval', 0):.0f} | {t.get('total', 0):.0f} | {r.get('peak_rss_mb', 0):.0f} |")
     return "\n".join(out) + "\n"
@@ -124,7 +139,8 @@ def compaction(results: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: (setting(r), r["method"], r["schedule"])):
         b, a = r["compaction"]["before"], r["compaction"]["after"]
         sched = r["schedule"] + (f" ({r['config']['schedule']['curve']})" if r["schedule"] == "incremental_ratio" else "")
-        out.append(f"| {r['method']} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
+        sched = "trained" if r.get("training") else sched
+        out.append(f"| {label(r)} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
                    f"{b['file_bytes'] / 2**20:.0f} | {a['file_bytes'] / 2**20:.0f} | {b['ms_per_token']:.1f} | "
                    f"{a['ms_per_token']:.1f} | {b['ms_per_token'] / a['ms_per_token']:.2f}x | "
                    f"{r['compaction']['max_logit_diff']:.1e} |")

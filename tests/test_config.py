@@ -61,7 +61,7 @@ def test_missing_asset_package_names_the_pip_command():
 
 @pytest.mark.parametrize("arg, message", [
     ("model=nope", "error: unknown model 'nope' (choose from:"),
-    ("method=nope", "error: unknown method 'nope' (choose from: k_obd, l_obd, llm_surgeon, magnitude,"),
+    ("method=nope", "error: unknown method 'nope' (choose from: compresso, k_obd, l_obd, llm_surgeon, magnitude,"),
     ("sparsity=1.2", "error: sparsity must be in [0, 1), got 1.2"),
 ])
 def test_command_line_errors_are_one_line(arg, message):

@@ -110,8 +110,8 @@ def install(adapter, gates: Gates) -> list:
             z = gates.z[kind] if index is None else gates.z[kind][index]
             if which == "input":  # pre-hook: gate the columns a unit or neuron feeds
                 x = args[0]
-                return ((x.unflatten(-1, (z.shape[-1], width)) * z[:, None]).flatten(-2),)
-            return output * z
+                return ((x.unflatten(-1, (z.shape[-1], width)) * z.to(x.dtype)[:, None]).flatten(-2),)
+            return output * z.to(output.dtype)  # fp32 gates must not promote a bf16 stream
         return hook
 
     for i, layer in enumerate(adapter.layers()):
