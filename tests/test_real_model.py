@@ -44,3 +44,19 @@ def test_llm_surgeon_structured_beats_k_obd(compose_cfg, tmp_path):
                                   "curvature.damp_g=0.1"), tmp_path / method)
         ppl[method] = res["ppl"]["wiki_heldout"]
     assert ppl["llm_surgeon"] < ppl["k_obd"], ppl
+
+
+def test_compresso_trains_compacts_and_reloads_smollm2(compose_cfg, tmp_path):
+    """A short Compresso run (60 updates of 2 examples) on the real model: the gates close,
+    the compacted model equals the gated one, it reloads, and it is still a language model."""
+    from surgeon import compact
+
+    res = execute(compose_cfg(*QUICK, "method=compresso", "sparsity=0.1", "method.steps=60",
+                              "method.warmup_steps=20", "method.batch_size=2", "method.data.seq_len=192",
+                              "save=true", "latency.repeats=1"), tmp_path)
+    c = res["compaction"]
+    assert c["max_logit_diff"] < 1e-3
+    assert c["after"]["params"] < c["before"]["params"]
+    assert res["training"]["kept"]["hidden"] % 9 == 0  # transformers wants heads | hidden
+    assert res["ppl"]["wiki_heldout"] < 3 * res["ppl_dense"]["wiki_heldout"]
+    assert compact.parameter_count(compact.load(tmp_path / "model")) == c["after"]["params"]
