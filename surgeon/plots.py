@@ -4,6 +4,8 @@
   per decoder layer - what a global threshold decided (a per-layer allocation is flat).
 - shots_<structure>.png/.pdf: perplexity against achieved sparsity after every shot of the
   multi-shot runs, one line per method (the first eval corpus).
+- training_<method>_<setting>.png/.pdf (trained methods, Compresso): expected sparsity against
+  its warming-up target, and the LM loss, per optimizer update.
 """
 import re
 from collections import defaultdict
@@ -65,6 +67,23 @@ def plot_shots(results: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_training(r: dict, path: Path) -> None:
+    hist = r["training"]["history"]
+    steps = [h["step"] for h in hist]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(steps, [h["expected_sparsity"] for h in hist], label="expected sparsity")
+    ax.plot(steps, [h["target"] for h in hist], "k--", lw=1, label="target")
+    ax.set_xlabel("update")
+    ax.set_ylabel("fraction of prunable parameters")
+    loss_ax = ax.twinx()
+    loss_ax.plot(steps, [h["lm_loss"] for h in hist], color="tab:red", lw=0.8, alpha=0.6, label="LM loss")
+    loss_ax.set_ylabel("LM loss (instruction data)", color="tab:red")
+    ax.set_title(f"{r['model']} {label(r)} {setting(r)}: training", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     for ext in (".png", ".pdf"):
@@ -78,6 +97,9 @@ def main(argv=None) -> None:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
         plot_allocation(r, out / name)
         print(out / f"{name}.png")
+        if r.get("training"):
+            plot_training(r, out / name.replace("allocation_", "training_", 1))
+            print(out / f"{name.replace('allocation_', 'training_', 1)}.png")
     by_structure = defaultdict(list)
     for r in results:
         by_structure[r["structure"].replace(":", "-")].append(r)

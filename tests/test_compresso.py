@@ -139,6 +139,15 @@ def test_gates_reach_the_target_size(compose_cfg, tmp_path):
     assert res["achieved_sparsity"] == pytest.approx(0.3, abs=0.05)
     assert res["compaction"]["max_logit_diff"] < 1e-4
     assert res["compaction"]["after"]["params"] < res["compaction"]["before"]["params"]
+    from surgeon import plots, tables
+
+    plots.main([str(tmp_path / "run"), "--out", str(tmp_path / "fig")])
+    assert (tmp_path / "fig" / "training_compresso_heads_neurons_30.png").stat().st_size > 0
+    rows = tables.build([res])["wiki_heldout"]["rows"]
+    assert set(rows) == {"dense", "compresso"}  # no prompt measured at inference: no extra row
+    res["ppl_prompt"], res["training"]["prompt_in_training"] = {"wiki_heldout": 1.0}, False
+    rows = tables.build([res])["wiki_heldout"]["rows"]
+    assert rows["compresso (no prompt), prompt at inference"] == {"heads_neurons 30%": 1.0}
 
 
 def test_training_is_seeded_and_repeatable(compose_cfg, tmp_path):
