@@ -30,6 +30,13 @@ def test_hard_concrete_open_probability_and_deterministic_count():
     assert torch.equal((z > 0).sum(-1).float(), expected)
     assert (z[z > 0] > 0).all() and (z <= 1).all()
     assert ((g.deterministic(multiple=4) > 0).sum(-1) % 4 == 0).all()
+    # a kept gate whose noise-free value is 0 still counts as open when the count must be exact
+    g.log_alpha.data = torch.full((1, 20), -3.0)
+    g.log_alpha.data[0, :10] = 5.0
+    assert g.prob_open().sum().item() == pytest.approx(11.96, abs=0.01)  # 12 open, a multiple of 2
+    assert int((g.deterministic(2) > 0).sum()) == 10  # noise-free values of the -3 gates are 0 ...
+    assert int((g.deterministic(2, binary=True) > 0).sum()) == 12  # ... binary keeps the count
+    assert set(g.deterministic(2, binary=True).unique().tolist()) <= {0.0, 1.0}
 
 
 def test_expected_size_counts_the_prunable_parameters():

@@ -84,7 +84,8 @@ class Gates(nn.Module):
         return {k: g.sample() for k, g in self.gates.items()}
 
     def deterministic(self) -> dict:
-        return {k: g.deterministic(self.multiple.get(k, 1)) for k, g in self.gates.items()}
+        # hidden gates are binary (see fold) and their count must stay a multiple of the heads
+        return {k: g.deterministic(self.multiple.get(k, 1), binary=k == "hidden") for k, g in self.gates.items()}
 
     def _expected(self, kind: str) -> torch.Tensor:
         if kind in self.gates:

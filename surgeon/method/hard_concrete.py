@@ -36,11 +36,13 @@ class HardConcrete(nn.Module):
         return torch.sigmoid(self.log_alpha - self.temperature * math.log(-LOW / HIGH))
 
     @torch.no_grad()
-    def deterministic(self, multiple: int = 1) -> torch.Tensor:
+    def deterministic(self, multiple: int = 1, binary: bool = False) -> torch.Tensor:
         """The test-time gate: in each row the expected number of open gates (rounded to a
         `multiple`) with the highest log_alpha stay, at the noise-free value clip(sigmoid(log_alpha)
-        stretched) (1 for a confident gate); the others are 0."""
+        stretched) (1 for a confident gate), or exactly 1 if `binary`; the others are 0."""
         open_value = (torch.sigmoid(self.log_alpha) * (HIGH - LOW) + LOW).clamp(0.0, 1.0)
+        if binary:  # exactly the kept count open (a noise-free value may itself be 0)
+            open_value = torch.ones_like(open_value)
         n = self.log_alpha.shape[-1]
         kept = (self.prob_open().reshape(-1, n).sum(-1) / multiple).round().clamp(min=1) * multiple
         closed = (n - kept).clamp(min=0).long()
