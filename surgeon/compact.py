@@ -50,6 +50,13 @@ def _dead_rows(lin: nn.Linear) -> torch.Tensor:
     return dead if lin.bias is None else dead & (lin.bias == 0)
 
 
+def zero_rows(lin: nn.Linear, rows: torch.Tensor) -> None:
+    """Removes output rows (weight and bias) so that compaction reads them as dead."""
+    lin.weight.data[rows] = 0.0
+    if lin.bias is not None:
+        lin.bias.data[rows] = 0.0
+
+
 def _keep_one(dead: torch.Tensor) -> torch.Tensor:
     if dead.all():
         dead = dead.clone()

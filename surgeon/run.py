@@ -120,9 +120,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     ppl = last["ppl"] if last.get("full_eval") and last["shot"] == len(shots) else measure("pruned")
     ppl_prompt = None
     if trained and cfg.method.prompt.eval:  # the collaborative prompt read before every window
-        prefix = torch.tensor(([bos] if bos is not None else [])
-                              + tokenizer(cfg.method.prompt.text.strip() + "\n\n", add_special_tokens=False)["input_ids"])
-        ppl_prompt = measure("pruned, with prompt", prefix=prefix)
+        from surgeon.data.instructions import prompt_ids
+
+        ppl_prompt = measure("pruned, with prompt", prefix=prompt_ids(tokenizer, cfg.method.prompt.text, bos))
     times["eval"] = time.time() - t
 
     compaction = None
@@ -146,7 +146,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
             "corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
             "seq_len": int(cfg.calibration.seq_len)},
         "time_s": times, "peak_rss_mb": results.peak_rss_mb(), "device": str(device),
-        "threads": torch.get_num_threads(), "shots": shots, "layers": records, "training": training, "compaction": compaction,
+        "threads": torch.get_num_threads(), "shots": shots, "layers": records, "training": training,
+        "compaction": compaction,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     results.write_json_atomic(out_dir / "results.json", res)

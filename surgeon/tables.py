@@ -138,8 +138,8 @@ def compaction(results: list[dict]) -> str:
            "compacted ms/token | speed-up | max logit diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (setting(r), r["method"], r["schedule"])):
         b, a = r["compaction"]["before"], r["compaction"]["after"]
-        sched = r["schedule"] + (f" ({r['config']['schedule']['curve']})" if r["schedule"] == "incremental_ratio" else "")
-        sched = "trained" if r.get("training") else sched
+        sched = ("trained" if r.get("training") else
+                 r["schedule"] + (f" ({r['config']['schedule']['curve']})" if r["schedule"] == "incremental_ratio" else ""))
         out.append(f"| {label(r)} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
                    f"{b['file_bytes'] / 2**20:.0f} | {a['file_bytes'] / 2**20:.0f} | {b['ms_per_token']:.1f} | "
                    f"{a['ms_per_token']:.1f} | {b['ms_per_token'] / a['ms_per_token']:.2f}x | "

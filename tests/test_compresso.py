@@ -176,4 +176,4 @@ def test_bad_compresso_configs(compose_cfg, tmp_path):
     with pytest.raises(SurgeonError, match="prompt.text is empty"):
         check(_cfg(compose_cfg, tmp_path, "method.prompt.text=''"))
     with pytest.raises(SurgeonError, match="cannot drop hidden dimensions"):
-        execute(_cfg(compose_cfg, tmp_path, "model=tiny_opt"), tmp_path / "opt")
+        check(_cfg(compose_cfg, tmp_path, "model=tiny_opt"))  # before any model is loaded

@@ -81,13 +81,23 @@ def load(cfg) -> list[dict]:
     return from_file(cfg.path) if cfg.get("path") else olmo_reasoning()
 
 
+def _opening(prompt: str) -> str:
+    return f"{prompt.strip()}\n\n"
+
+
+def prompt_ids(tokenizer, prompt: str, bos_id=None) -> torch.Tensor:
+    """The collaborative prompt as it opens a training example, for reading before eval windows."""
+    return torch.tensor(([bos_id] if bos_id is not None else [])
+                        + tokenizer(_opening(prompt), add_special_tokens=False)["input_ids"])
+
+
 def render(record: dict, prompt: str | None) -> tuple[str, str]:
     """(context, response) strings; the collaborative prompt, if any, opens the context."""
     block = f"### Instruction:\n{record['instruction'].strip()}\n\n"
     if record["input"].strip():
         block += f"### Input:\n{record['input'].strip()}\n\n"
     block += "### Response:\n"
-    return (f"{prompt.strip()}\n\n" if prompt else "") + block, record["output"].strip()
+    return (_opening(prompt) if prompt else "") + block, record["output"].strip()
 
 
 def tokenize(records: list[dict], tokenizer, prompt: str | None, seq_len: int, bos_id=None) -> list[dict]:

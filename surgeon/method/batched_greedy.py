@@ -15,6 +15,7 @@ zeroed too, so compaction (surgeon/compact.py) can drop them.
 """
 import torch
 
+from surgeon.compact import zero_rows
 from surgeon.curvature.grouped_cholesky import group_costs
 
 
@@ -54,12 +55,6 @@ def shrinking(first: int, smallest: int):
         b = max(smallest, b // 2)
 
 
-def _zero_rows(lin, rows) -> None:
-    lin.weight.data[rows] = 0.0
-    if lin.bias is not None:
-        lin.bias.data[rows] = 0.0
-
-
 @torch.no_grad()
 def prune_layer(adapter, layer, curvs: dict, ratio: float, cfg) -> dict[str, dict]:
     """Prunes one decoder layer to `ratio` of its prunable parameters. `curvs`: linear name ->
@@ -86,10 +81,10 @@ def prune_layer(adapter, layer, curvs: dict, ratio: float, cfg) -> dict[str, dic
                               constant(int(cfg.get("head_batch", 1))), update)
     att.o.weight.data.copy_(W.to(att.o.weight.dtype))
     if units:
-        _zero_rows(att.q, groups[units].flatten())
+        zero_rows(att.q, groups[units].flatten())
         kv_rows = torch.arange(att.num_kv_heads * hd).view(att.num_kv_heads, hd)[units].flatten()
-        _zero_rows(att.k, kv_rows)
-        _zero_rows(att.v, kv_rows)
+        zero_rows(att.k, kv_rows)
+        zero_rows(att.v, kv_rows)
     out[name_of[id(att.o)]] = {"units_removed": sorted(units)}
 
     d_curv = curvs[name_of[id(mlp.output)]]
@@ -99,6 +94,6 @@ def prune_layer(adapter, layer, curvs: dict, ratio: float, cfg) -> dict[str, dic
                                 update)
     mlp.output.weight.data.copy_(W.to(mlp.output.weight.dtype))
     for lin in mlp.inputs:
-        _zero_rows(lin, torch.tensor(neurons, dtype=torch.long))
+        zero_rows(lin, torch.tensor(neurons, dtype=torch.long))
     out[name_of[id(mlp.output)]] = {"neurons_removed": len(neurons)}
     return out

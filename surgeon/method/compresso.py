@@ -22,9 +22,11 @@ import time
 import torch
 from torch import nn
 
+from surgeon.compact import zero_rows
 from surgeon.data import instructions
 from surgeon.errors import SurgeonError
 from surgeon.method.hard_concrete import HardConcrete
+from surgeon.tracking.results import linear_record
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,12 @@ def check(cfg) -> None:
     unknown = set(m.lora_targets) - {"q", "k", "v", "o", "ffn_in", "ffn_out"}
     if unknown:
         raise SurgeonError(f"method.lora_targets: unknown {sorted(unknown)} (choose from q, k, v, o, ffn_in, ffn_out)")
+    from surgeon.model.adapters import ADAPTERS
+
+    adapter = ADAPTERS.get(cfg.model.model_type)
+    if "hidden" in m.gates and adapter is not None and not adapter.hidden_prunable:
+        raise SurgeonError(f"method.gates=hidden needs RMSNorm pre-norm layers (Llama, Qwen2, Mistral); "
+                           f"{cfg.model.model_type} cannot drop hidden dimensions: use gates=[heads,neurons]")
     if m.prompt.train or m.prompt.eval:
         if not str(m.prompt.text or "").strip():
             raise SurgeonError("method.prompt.train/eval is on but method.prompt.text is empty")
@@ -128,12 +136,6 @@ def install(adapter, gates: Gates) -> list:
     return handles
 
 
-def _zero_rows(lin: nn.Linear, rows: torch.Tensor) -> None:
-    lin.weight.data[rows] = 0.0
-    if lin.bias is not None:
-        lin.bias.data[rows] = 0.0
-
-
 @torch.no_grad()
 def fold(adapter, z: dict) -> dict:
     """Bakes deterministic gates into plain weights: a kept gate's value scales what its
@@ -149,18 +151,18 @@ def fold(adapter, z: dict) -> dict:
         if units is not None:
             att.o.weight.mul_(units[i].repeat_interleave(rep * hd))
             dead = units[i] == 0
-            _zero_rows(att.q, dead.repeat_interleave(rep * hd))
+            zero_rows(att.q, dead.repeat_interleave(rep * hd))
             for lin in (att.k, att.v):
-                _zero_rows(lin, dead.repeat_interleave(hd))
+                zero_rows(lin, dead.repeat_interleave(hd))
         if neurons is not None:
             mlp.output.weight.mul_(neurons[i])
             for lin in mlp.inputs:
-                _zero_rows(lin, neurons[i] == 0)
+                zero_rows(lin, neurons[i] == 0)
         if keep_hidden is not None:
             for lin in (att.q, att.k, att.v, *mlp.inputs):
                 lin.weight.data[:, ~keep_hidden] = 0.0
             for lin in (att.o, mlp.output):
-                _zero_rows(lin, ~keep_hidden)
+                zero_rows(lin, ~keep_hidden)
         kept["heads"].append(att.num_heads if units is None else int((units[i] > 0).sum()) * rep)
         kept["neurons"].append(mlp.output.in_features if neurons is None else int((neurons[i] > 0).sum()))
     if keep_hidden is not None:
@@ -184,9 +186,6 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
     from peft import LoraConfig, get_peft_model
 
     m, seed = cfg.method, int(cfg.seed)
-    if "hidden" in m.gates and not adapter.hidden_prunable:
-        raise SurgeonError(f"method.gates=hidden needs RMSNorm pre-norm layers (Llama, Qwen2, Mistral); "
-                           f"{adapter.config.model_type} cannot drop hidden dimensions: use gates=[heads,neurons]")
     if tokenizer is None:
         raise SurgeonError("method=compresso needs a tokenizer (model.tokenizer_from for tiny models)")
     prompt = m.prompt.text if m.prompt.train else None
@@ -258,6 +257,6 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
     kept = fold(adapter, {k: v.cpu() for k, v in z.items()})
     train_log = {"history": history, "kept": kept, "examples": len(examples), "train_s": time.time() - t0,
                  "expected_sparsity": gates.expected_sparsity().item(), "prompt_in_training": prompt is not None}
-    recs = [{"layer": i, "name": name, "numel": lin.weight.numel(), "sparsity": (lin.weight == 0).float().mean().item()}
+    recs = [linear_record(i, name, lin.weight)
             for i, layer in enumerate(adapter.layers()) for name, lin in adapter.prunable_linears(layer).items()]
     return recs, train_log

@@ -11,6 +11,7 @@ Two passes keep memory at one linear's inverses: the first computes every linear
 import torch
 
 from surgeon.method import allocation, kron
+from surgeon.tracking.results import linear_record
 
 
 def _augmented(lin, curv) -> torch.Tensor:
@@ -78,7 +79,5 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
                 W = kron.correlated_update(W, Ginv, Ainv, rows, cols, correlate)
             W[:, :C][decision] = 0.0
         _write_back(lin, W)
-        w = lin.weight
-        out.append({"layer": key[0], "name": key[1], "numel": w.numel(),
-                    "sparsity": (w == 0).float().mean().item(), **rec})
+        out.append(linear_record(key[0], key[1], lin.weight, **rec))
     return out

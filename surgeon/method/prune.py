@@ -16,6 +16,7 @@ from surgeon import curvature as curvatures
 from surgeon.errors import SurgeonError
 from surgeon.method import batched_greedy
 from surgeon.method.obs import obs_prune
+from surgeon.tracking.results import linear_record
 
 UPDATES = ("none", "obs", "correlated")
 ALLOCATIONS = ("layer", "row", "global")
@@ -73,9 +74,7 @@ class Method:
         else:
             for name, lin in linears.items():
                 self.prune(lin, curvs[name], ratio)
-        return [{"layer": index, "name": name, "numel": lin.weight.numel(),
-                 "sparsity": (lin.weight == 0).float().mean().item(), **extra.get(name, {})}
-                for name, lin in linears.items()]
+        return [linear_record(index, name, lin.weight, **extra.get(name, {})) for name, lin in linears.items()]
 
     @torch.no_grad()
     def prune(self, linear, curv, sparsity: float) -> torch.Tensor:

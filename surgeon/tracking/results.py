@@ -15,6 +15,12 @@ def write_json_atomic(path, data) -> None:
     os.replace(tmp, path)
 
 
+def linear_record(layer: int, name: str, weight, **extra) -> dict:
+    """One entry of results.json "layers": a linear's size and the fraction of it at zero."""
+    return {"layer": layer, "name": name, "numel": weight.numel(),
+            "sparsity": (weight == 0).float().mean().item(), **extra}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB). In a multirun with the basic
     launcher all jobs share one process, so this is the peak so far."""
