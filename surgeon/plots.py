@@ -71,8 +71,11 @@ def plot_training(r: dict, path: Path) -> None:
     hist = r["training"]["history"]
     steps = [h["step"] for h in hist]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(steps, [h["expected_sparsity"] for h in hist], label="expected sparsity")
+    ax.plot(steps, [h["expected_sparsity"] for h in hist], label="expected sparsity (then deterministic)")
     ax.plot(steps, [h["target"] for h in hist], "k--", lw=1, label="target")
+    tuned = [h["step"] for h in hist if h.get("phase") == "finetune"]
+    if tuned:  # gates frozen at their final (held) size from here on
+        ax.axvspan(tuned[0], tuned[-1], color="0.9", zorder=0, label="LoRA fine-tuning, gates frozen")
     ax.set_xlabel("update")
     ax.set_ylabel("fraction of prunable parameters")
     loss_ax = ax.twinx()

@@ -8,8 +8,11 @@ that warms up linearly from 0:
     L = LM loss + l1 (s_hat - t) + l2 (s_hat - t)^2,   min over LoRA and gates, max over l1, l2
 
 where s_hat = 1 - E[kept prunable parameters] / dense. Every example may open with the
-collaborative prompt that tells the model it is being pruned. At the end the gates become
-deterministic, LoRA is merged, each kept gate's value is folded into the weights and every
+collaborative prompt that tells the model it is being pruned. Then the gates become
+deterministic; with `method.final_size=target` one common shift of every log_alpha (a global
+threshold, found by bisection) makes the deterministic size the target, since a bounded run's
+Lagrangian ends near but not at it. `method.finetune_steps` more LoRA updates follow with the
+gates frozen at those values (Compresso's and CoFi's fine-tuning of the pruned model). LoRA is merged, each kept gate's value is folded into the weights and every
 removed structure is zeroed in all the linears it touches, so compaction (surgeon/compact.py)
 shrinks the shapes exactly. Gates act through forward hooks: the model code is untouched.
 
@@ -45,6 +48,10 @@ def check(cfg) -> None:
     for key in ("steps", "batch_size", "grad_accum", "lora_rank"):
         if int(m[key]) < 1:
             raise SurgeonError(f"method.{key} must be positive, got {m[key]}")
+    if int(m.finetune_steps) < 0:
+        raise SurgeonError(f"method.finetune_steps must be >= 0, got {m.finetune_steps}")
+    if m.final_size not in ("target", "learned"):
+        raise SurgeonError(f"method.final_size must be target or learned, got {m.final_size}")
     if not 0 <= int(m.warmup_steps) <= int(m.steps):
         raise SurgeonError(f"method.warmup_steps must be in [0, method.steps], got {m.warmup_steps}")
     unknown = set(m.lora_targets) - {"q", "k", "v", "o", "ffn_in", "ffn_out"}
@@ -104,6 +111,32 @@ class Gates(nn.Module):
         kept = self._expected("hidden") * (self._expected("heads") * self.unit_params
                                            + self._expected("neurons") * self.neuron_params).sum()
         return 1 - kept / self.dense
+
+    def sparsity_of(self, z: dict) -> float:
+        """The fraction of the prunable size that deterministic gates `z` remove."""
+        count = {k: (z[k] > 0).sum(-1).float() if k in z else torch.tensor(float(self.dims[k][-1]))
+                 for k in self.dims}
+        kept = count["hidden"] * (count["heads"] * self.unit_params + count["neurons"] * self.neuron_params).sum()
+        return 1 - kept.item() / self.dense
+
+    @torch.no_grad()
+    def hold_to(self, target: float, iters: int = 60) -> float:
+        """Shifts every log_alpha by one constant so the deterministic gates remove `target`
+        (to within one structure); the gates' ranking is kept. Returns the shift."""
+        base = {k: g.log_alpha.clone() for k, g in self.gates.items()}
+
+        def removed(c):
+            for k, g in self.gates.items():
+                g.log_alpha.copy_(base[k] + c)
+            return self.sparsity_of(self.deterministic())
+
+        lo, hi = -50.0, 50.0  # removed() falls as the shift rises
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if removed(mid) > target else (lo, mid)
+        best = min((lo, hi), key=lambda c: abs(removed(c) - target))
+        removed(best)
+        return best
 
     def clamp_(self) -> None:
         for g in self.gates.values():
@@ -221,27 +254,47 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
 
     target, warmup, steps = float(cfg.sparsity), int(m.warmup_steps), int(m.steps)
     history, t0 = [], time.time()
-    peft_model.train()
-    for step in range(1, steps * int(m.grad_accum) + 1):
-        batch = {k: v.to(acc.device) for k, v in next(stream).items()}
-        update = (step - 1) // int(m.grad_accum) + 1
-        t = target * min(1.0, update / warmup) if warmup else target
-        with acc.accumulate(peft_model):
-            lm_loss = peft_model(**batch, use_cache=False).loss
-            s_hat = gates.expected_sparsity()
-            lag = lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
-            acc.backward(lm_loss + lag)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        gates.clamp_()
-        if step % int(m.grad_accum) == 0 and (update % int(m.log_every) == 0 or update in (1, steps)):
-            entry = {"step": update, "lm_loss": lm_loss.item(), "expected_sparsity": s_hat.item(), "target": t,
-                     "lambda1": lam[0].item(), "lambda2": lam[1].item(), "elapsed_s": time.time() - t0}
-            history.append(entry)
-            log.info("step %d: loss %.3f, expected sparsity %.3f (target %.3f), lambda %.2f / %.2f",
-                     update, entry["lm_loss"], entry["expected_sparsity"], t, entry["lambda1"], entry["lambda2"])
-            if logger:
-                logger.log({f"train/{k}": v for k, v in entry.items()})
+
+    def train(phase: str, updates: int) -> None:
+        """`updates` optimizer updates; in phase "gates" under the Lagrangian, in "finetune"
+        on the LM loss alone with the gates frozen deterministic."""
+        peft_model.train()
+        gates.train(phase == "gates")
+        for step in range(1, updates * int(m.grad_accum) + 1):
+            batch = {k: v.to(acc.device) for k, v in next(stream).items()}
+            update = (step - 1) // int(m.grad_accum) + 1
+            t = target * min(1.0, update / warmup) if warmup and phase == "gates" else target
+            with acc.accumulate(peft_model):
+                loss = lm_loss = peft_model(**batch, use_cache=False).loss
+                if phase == "gates":
+                    s_hat = gates.expected_sparsity()
+                    loss = lm_loss + lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
+                else:
+                    s_hat = torch.tensor(gates.sparsity_of(gates.z))
+                acc.backward(loss)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if phase == "gates":
+                gates.clamp_()
+            if step % int(m.grad_accum) == 0 and (update % int(m.log_every) == 0 or update in (1, updates)):
+                entry = {"phase": phase, "step": update + (steps if phase == "finetune" else 0),
+                         "lm_loss": lm_loss.item(), "expected_sparsity": s_hat.item(), "target": t,
+                         "lambda1": lam[0].item(), "lambda2": lam[1].item(), "elapsed_s": time.time() - t0}
+                history.append(entry)
+                log.info("%s step %d: loss %.3f, sparsity %.3f (target %.3f), lambda %.2f / %.2f", phase,
+                         entry["step"], entry["lm_loss"], entry["expected_sparsity"], t, entry["lambda1"], entry["lambda2"])
+                if logger:
+                    logger.log({f"train/{k}": v for k, v in entry.items() if k != "phase"})
+
+    train("gates", steps)
+    learned = gates.sparsity_of(gates.deterministic())
+    shift = gates.hold_to(target) if m.final_size == "target" else 0.0
+    held = gates.sparsity_of(gates.deterministic())
+    log.info("gates: deterministic size removes %.4f as learned, %.4f after a log_alpha shift of %+.3f",
+             learned, held, shift)
+    gates.requires_grad_(False)
+    if int(m.finetune_steps):
+        train("finetune", int(m.finetune_steps))
 
     peft_model = acc.unwrap_model(peft_model)
     gates.eval()
@@ -256,7 +309,9 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
     adapter.model = merged
     kept = fold(adapter, {k: v.cpu() for k, v in z.items()})
     train_log = {"history": history, "kept": kept, "examples": len(examples), "train_s": time.time() - t0,
-                 "expected_sparsity": gates.expected_sparsity().item(), "prompt_in_training": prompt is not None}
+                 "expected_sparsity": gates.expected_sparsity().item(), "learned_sparsity": learned,
+                 "held_shift": shift, "finetune_steps": int(m.finetune_steps),
+                 "prompt_in_training": prompt is not None}
     recs = [linear_record(i, name, lin.weight)
             for i, layer in enumerate(adapter.layers()) for name, lin in adapter.prunable_linears(layer).items()]
     return recs, train_log
