@@ -34,6 +34,7 @@ def check(cfg: DictConfig) -> None:
     """Everything that can be checked without loading a model."""
     from surgeon import model as models
     from surgeon import schedule, structure
+    from surgeon.eval import zero_shot
     from surgeon.method import TRAINED, Method
 
     if cfg.get("compact", "auto") not in ("auto", True, False):
@@ -58,6 +59,7 @@ def check(cfg: DictConfig) -> None:
     models.check(cfg.model)
     for name in [cfg.calibration.corpus, *cfg.eval.corpora]:
         corpora.check(name)
+    zero_shot.check(cfg.eval)
     for key in ("num_samples", "seq_len"):
         if int(cfg.calibration[key]) < 1:
             raise SurgeonError(f"calibration.{key} must be positive, got {cfg.calibration[key]}")

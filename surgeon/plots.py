@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from surgeon.tables import cli, label, setting  # noqa: E402
+from surgeon.tables import cli, to_wandb, label, setting  # noqa: E402
 
 
 def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
@@ -95,7 +95,7 @@ def _save(fig, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    results, out = cli(argv, __doc__.splitlines()[0], "the figures")
+    results, out, args = cli(argv, __doc__.splitlines()[0], "the figures")
     for r in results:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
         plot_allocation(r, out / name)
@@ -108,6 +108,7 @@ def main(argv=None) -> None:
         by_structure[r["structure"].replace(":", "-")].append(r)
     for s, rs in by_structure.items():
         plot_shots(rs, out / f"shots_{s}")
+    to_wandb(args, "figures", sorted(out.glob("*.png")) + sorted(out.glob("*.pdf")))
 
 
 if __name__ == "__main__":

