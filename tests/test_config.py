@@ -15,10 +15,34 @@ def test_every_group_option_composes(compose_cfg, group):
         assert cfg[group] is not None
 
 
+def _compose_hydra(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(config.CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
 @pytest.mark.parametrize("preset", config.options("experiment"))
 def test_every_experiment_preset_composes(compose_cfg, preset):
+    """The preset, and every job of its sweep; jobs on embedded models also pass the run's
+    checks (a hub model's check would need the hub)."""
+    import itertools
+
     cfg = compose_cfg(f"+experiment={preset}")
     assert cfg.model.name
+    params = _compose_hydra(f"+experiment={preset}").hydra.sweeper.params or {}
+    for job in itertools.product(*[[f"{k}={v}" for v in str(vs).split(",")] for k, vs in params.items()]):
+        one = compose_cfg(f"+experiment={preset}", *job)
+        if one.model.source != "hub":
+            config.check(one)
+
+
+def test_slurm_launcher_preset():
+    hydra = _compose_hydra("+experiment=opt_sweep", "hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra
+    launcher = hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+    assert launcher.submitit_folder.startswith(hydra.sweep.dir)  # job logs beside the sweep's results
 
 
 def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):

@@ -117,6 +117,18 @@ def test_rerun_sweep_skips_finished_jobs(tmp_path):
     assert (tmp_path / "magnitude" / "results.json").exists()
 
 
+def test_a_failing_job_leaves_the_rest_of_the_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "surgeon.run", "-m", "method=magnitude", "sparsity=1.5,0.5", *QUICK,
+           "eval.corpora=[ptb]", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${sparsity}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "error: sparsity must be in [0, 1), got 1.5" in done.stderr
+    assert not (tmp_path / "1.5" / "results.json").exists() and (tmp_path / "0.5" / "results.json").exists()
+
+
 def test_tables_name_ratio_ablations_and_report_compaction(tmp_path):
     from surgeon import tables
 
