@@ -67,6 +67,30 @@ def plot_shots(results: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_sweep(results: list[dict], path: Path) -> None:
+    """Perplexity vs achieved sparsity, one line per method (row label) across a sweep's runs,
+    with the intermediate sizes a multi-shot run measured on the full protocol; dense at 0."""
+    corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
+    fig, axes = plt.subplots(1, len(corpora), figsize=(5 * len(corpora), 3.6), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        lines = defaultdict(dict)
+        for r in results:
+            pts = {s["achieved_sparsity"]: s["ppl"] for s in r.get("shots", []) if s.get("full_eval")}
+            pts[r["achieved_sparsity"]] = r["ppl"]
+            lines[label(r)].update({x: p[corpus] for x, p in pts.items() if corpus in p})
+            lines[label(r)][0.0] = r["ppl_dense"][corpus]
+        for name in sorted(lines):
+            xs = sorted(lines[name])
+            ax.plot(xs, [lines[name][x] for x in xs], marker="o", ms=3, label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved sparsity (fraction of decoder linears)")
+        ax.set_ylabel(f"{corpus} perplexity")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{results[0]['model']}: perplexity vs sparsity", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_training(r: dict, path: Path) -> None:
     hist = r["training"]["history"]
     steps = [h["step"] for h in hist]
@@ -108,6 +132,8 @@ def main(argv=None) -> None:
         by_structure[r["structure"].replace(":", "-")].append(r)
     for s, rs in by_structure.items():
         plot_shots(rs, out / f"shots_{s}")
+        plot_sweep(rs, out / f"ppl_vs_sparsity_{s}")
+        print(out / f"ppl_vs_sparsity_{s}.png")
     to_wandb(args, "figures", sorted(out.glob("*.png")) + sorted(out.glob("*.pdf")))
 
 

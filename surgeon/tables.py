@@ -77,7 +77,7 @@ def build(results: list[dict]) -> dict:
 
 def _order(methods):
     def rank(m):
-        base = m.split(" (")[0]
+        base = m.split(",")[0].split(" (")[0]
         return METHOD_ORDER.index(base) if base in METHOD_ORDER else 99
     return sorted(methods, key=lambda m: (m != "dense", rank(m), m))
 

@@ -77,10 +77,29 @@ def test_multishot_run_fills_intermediate_columns_and_plots(compose_cfg, tmp_pat
     plots.main([str(tmp_path)])
     assert (tmp_path / "allocation_llm_surgeon_rows_cols_20.png").stat().st_size > 0
     assert (tmp_path / "shots_rows_cols.pdf").stat().st_size > 0
+    assert (tmp_path / "ppl_vs_sparsity_rows_cols.png").stat().st_size > 0
+    xs, ys = plt_line(plots, [res])
+    assert xs == pytest.approx([0.0, first["achieved_sparsity"], res["achieved_sparsity"]])  # dense, shot 1, end
+    assert ys[0] == res["ppl_dense"]["wiki_heldout"] and ys[-1] == res["ppl"]["wiki_heldout"]
     by_layer = plots.allocation_by_layer(res)
     total = sum(s * r["numel"] for r in res["layers"] for s in [r["sparsity"]]) / res["params_dense"]
     assert total == pytest.approx(res["achieved_sparsity"], abs=1e-6)
     assert len(by_layer["layer total"]) == 2
+
+
+def plt_line(plots, results):
+    """The (x, y) data of the single line plot_sweep draws."""
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real_save = plots._save
+    plots._save = lambda fig, path: captured.setdefault("line", fig.axes[0].lines[0].get_data())
+    try:
+        plots.plot_sweep(results, None)
+    finally:
+        plots._save = real_save
+        plt.close("all")
+    return list(captured["line"][0]), list(captured["line"][1])
 
 
 def test_slimgpt_run_compacts_and_reports_what_it_bought(compose_cfg, tmp_path):
