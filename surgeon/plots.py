@@ -4,6 +4,8 @@
   per decoder layer - what a global threshold decided (a per-layer allocation is flat).
 - shots_<structure>.png/.pdf: perplexity against achieved sparsity after every shot of the
   multi-shot runs, one line per method (the first eval corpus).
+- ppl_vs_sparsity_<structure>.png/.pdf: perplexity against achieved sparsity across the runs,
+  one line per method and a panel per eval corpus (dense at 0).
 - training_<method>_<setting>.png/.pdf (trained methods, Compresso): expected sparsity against
   its warming-up target, and the LM loss, per optimizer update.
 """
@@ -125,8 +127,9 @@ def main(argv=None) -> None:
         plot_allocation(r, out / name)
         print(out / f"{name}.png")
         if r.get("training"):
-            plot_training(r, out / name.replace("allocation_", "training_", 1))
-            print(out / f"{name.replace('allocation_', 'training_', 1)}.png")
+            curve = name.replace("allocation_", "training_", 1)
+            plot_training(r, out / curve)
+            print(out / f"{curve}.png")
     by_structure = defaultdict(list)
     for r in results:
         by_structure[r["structure"].replace(":", "-")].append(r)

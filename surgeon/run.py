@@ -74,8 +74,8 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         model.to("cpu")
         return ppl
 
-    key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
-           **{k: v for k, v in protocol.items() if k != "windows"}}
+    model_key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos}
+    key = {**model_key, **{k: v for k, v in protocol.items() if k != "windows"}}
     ppl_dense = evaluation.dense_cached(key, lambda: measure("dense")) if cfg.eval.cache_dense else measure("dense")
     zs_cfg = cfg.eval.get("zero_shot")
     zs_on = bool(zs_cfg and zs_cfg.tasks)
@@ -85,8 +85,7 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
 
     zs_dense = None
     if zs_on:
-        zs_key = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos,
-                  **OmegaConf.to_container(zs_cfg, resolve=True)}
+        zs_key = {**model_key, **OmegaConf.to_container(zs_cfg, resolve=True)}
         zs_dense = (evaluation.dense_cached(zs_key, zero_shot_eval, "dense_zero_shot") if cfg.eval.cache_dense
                     else zero_shot_eval())
     times["eval_dense"] = time.time() - t

@@ -107,53 +107,57 @@ def _cells(table, best_of=min):
         yield m, [(rows[m].get(c), m != "dense" and rows[m].get(c) == best[c]) for c in cols]
 
 
+def _tex(text: str) -> str:
+    return text.replace("_", "\\_").replace("%", "\\%")
+
+
+def _md_block(title: str, table: dict, num, best_of=min) -> list[str]:
+    """One Markdown table: a row per method, `num` formats a value, the best pruned one bold."""
+    out = [title + "\n", "| method | " + " | ".join(table["columns"]) + " |", "|---|" + "---:|" * len(table["columns"])]
+    for m, cells in _cells(table, best_of):
+        fmt = [("—" if v is None else (f"**{num(v)}**" if b else num(v))) for v, b in cells]
+        out.append(f"| {m} | " + " | ".join(fmt) + " |")
+    return out + [""]
+
+
+def _tex_block(comment: str, table: dict, num, best_of=min) -> list[str]:
+    out = [f"% {comment}", "\\begin{tabular}{l" + "r" * len(table["columns"]) + "}", "\\toprule",
+           "Method & " + " & ".join(_tex(c) for c in table["columns"]) + " \\\\", "\\midrule"]
+    for m, cells in _cells(table, best_of):
+        fmt = [("--" if v is None else (f"\\textbf{{{num(v)}}}" if b else num(v))) for v, b in cells]
+        out.append(_tex(m) + " & " + " & ".join(fmt) + " \\\\")
+    return out + ["\\bottomrule", "\\end{tabular}", ""]
+
+
+def _ppl(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
 def markdown(tables: dict, protocol: str = "") -> str:
-    out = []
-    for corpus, t in tables.items():
-        out.append(f"**{corpus}** perplexity{protocol} (lower is better)\n")
-        out.append("| method | " + " | ".join(t["columns"]) + " |")
-        out.append("|---|" + "---:|" * len(t["columns"]))
-        for m, cells in _cells(t):
-            fmt = [("—" if v is None else (f"**{v:.2f}**" if b else f"{v:.2f}")) for v, b in cells]
-            out.append(f"| {m} | " + " | ".join(fmt) + " |")
-        out.append("")
-    return "\n".join(out)
+    return "\n".join(line for corpus, t in tables.items()
+                     for line in _md_block(f"**{corpus}** perplexity{protocol} (lower is better)", t, _ppl))
 
 
 def zero_shot_markdown(table: dict, note: str = "") -> str:
-    out = [f"**Zero-shot accuracy** (%{note}; higher is better)\n", "| method | " + " | ".join(table["columns"]) + " |",
-           "|---|" + "---:|" * len(table["columns"])]
-    for m, cells in _cells(table, max):
-        fmt = [("—" if v is None else (f"**{100 * v:.1f}**" if b else f"{100 * v:.1f}")) for v, b in cells]
-        out.append(f"| {m} | " + " | ".join(fmt) + " |")
-    return "\n".join(out) + "\n"
+    return "\n".join(_md_block(f"**Zero-shot accuracy** (%{note}; higher is better)", table, _pct, max))
+
+
+def latex(tables: dict) -> str:
+    return "\n".join(line for corpus, t in tables.items() for line in _tex_block(f"{corpus} perplexity", t, _ppl))
 
 
 def zero_shot_latex(table: dict) -> str:
-    out = ["% zero-shot accuracy (%)", "\\begin{tabular}{l" + "r" * len(table["columns"]) + "}", "\\toprule",
-           "Method & " + " & ".join(c.replace("_", "\\_") for c in table["columns"]) + " \\\\", "\\midrule"]
-    for m, cells in _cells(table, max):
-        fmt = [("--" if v is None else (f"\\textbf{{{100 * v:.1f}}}" if b else f"{100 * v:.1f}")) for v, b in cells]
-        out.append(m.replace("_", "\\_").replace("%", "\\%") + " & " + " & ".join(fmt) + " \\\\")
-    return "\n".join(out + ["\\bottomrule", "\\end{tabular}", ""])
+    return "\n".join(_tex_block("zero-shot accuracy (%)", table, _pct, max))
 
 
 def zero_shot_note(results) -> str:
     zs = next(r["zero_shot"] for r in results if r.get("zero_shot"))
     limit = "all documents" if zs["limit"] is None else f"first {zs['limit']} documents per task"
     return f"; {zs['metric']} where the task has it, else acc; {zs['source']} tasks, {limit}, 0-shot"
-
-
-def latex(tables: dict) -> str:
-    out = []
-    for corpus, t in tables.items():
-        out += [f"% {corpus} perplexity", "\\begin{tabular}{l" + "r" * len(t["columns"]) + "}", "\\toprule",
-                "Method & " + " & ".join(c.replace("%", "\\%") for c in t["columns"]) + " \\\\", "\\midrule"]
-        for m, cells in _cells(t):
-            fmt = [("--" if v is None else (f"\\textbf{{{v:.2f}}}" if b else f"{v:.2f}")) for v, b in cells]
-            out.append(m.replace("_", "\\_") + " & " + " & ".join(fmt) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", ""]
-    return "\n".join(out)
 
 
 def runs(results: list[dict]) -> str:

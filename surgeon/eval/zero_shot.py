@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 STANDARD = ("piqa", "hellaswag", "winogrande", "boolq", "arc_easy", "arc_challenge", "openbookqa",
             "lambada_openai")
-CHANCE = {"piqa": 0.5, "hellaswag": 0.25, "winogrande": 0.5, "boolq": 0.5, "arc_easy": 0.25,
-          "arc_challenge": 0.25, "openbookqa": 0.25, "lambada_openai": 0.0}
 FORMAT = 1  # bump when a document builder changes: the cached task files are rebuilt
 PREFIX = "surgeon_"  # local task names, distinct from the stock ones
 
@@ -128,9 +126,9 @@ def local_tasks(tasks) -> Path:
         (tmp / data.name).write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
         spec = {"task": PREFIX + task, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
                 "test_split": "test", **SPECS[task], "metadata": {"version": FORMAT, "documents": len(docs)}}
-        (tmp / f"{PREFIX}{task}.yaml.part").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+        (tmp / f"{PREFIX}{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         os.replace(tmp / data.name, data)  # data first: a YAML is only ever seen with its documents
-        os.replace(tmp / f"{PREFIX}{task}.yaml.part", root / f"{PREFIX}{task}.yaml")
+        os.replace(tmp / f"{PREFIX}{task}.yaml", root / f"{PREFIX}{task}.yaml")
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("zero-shot: built local task %s (%d documents)", task, len(docs))
     return root

@@ -12,8 +12,8 @@ collaborative prompt that tells the model it is being pruned. Then the gates bec
 deterministic; with `method.final_size=target` one common shift of every log_alpha (a global
 threshold, found by bisection) makes the deterministic size the target, since a bounded run's
 Lagrangian ends near but not at it. `method.finetune_steps` more LoRA updates follow with the
-gates frozen at those values (Compresso's and CoFi's fine-tuning of the pruned model). LoRA is merged, each kept gate's value is folded into the weights and every
-removed structure is zeroed in all the linears it touches, so compaction (surgeon/compact.py)
+gates frozen at those values (Compresso's and CoFi's fine-tuning of the pruned model). LoRA is
+merged, each kept gate's value is folded into the weights and every removed structure is zeroed in all the linears it touches, so compaction (surgeon/compact.py)
 shrinks the shapes exactly. Gates act through forward hooks: the model code is untouched.
 
 The loop runs under `accelerate` (device placement, gradient accumulation, mixed precision);
@@ -255,9 +255,9 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
     target, warmup, steps = float(cfg.sparsity), int(m.warmup_steps), int(m.steps)
     history, t0 = [], time.time()
 
-    def train(phase: str, updates: int) -> None:
+    def train(phase: str, updates: int, frozen_size: float | None = None) -> None:
         """`updates` optimizer updates; in phase "gates" under the Lagrangian, in "finetune"
-        on the LM loss alone with the gates frozen deterministic."""
+        on the LM loss alone with the gates frozen deterministic (removing `frozen_size`)."""
         peft_model.train()
         gates.train(phase == "gates")
         for step in range(1, updates * int(m.grad_accum) + 1):
@@ -270,7 +270,7 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
                     s_hat = gates.expected_sparsity()
                     loss = lm_loss + lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
                 else:
-                    s_hat = torch.tensor(gates.sparsity_of(gates.z))
+                    s_hat = torch.tensor(frozen_size)
                 acc.backward(loss)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -294,7 +294,7 @@ def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[lis
              learned, held, shift)
     gates.requires_grad_(False)
     if int(m.finetune_steps):
-        train("finetune", int(m.finetune_steps))
+        train("finetune", int(m.finetune_steps), held)
 
     peft_model = acc.unwrap_model(peft_model)
     gates.eval()
