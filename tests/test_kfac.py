@@ -106,6 +106,41 @@ def test_correlated_update_with_whole_layer_chunk_is_exact_least_squares():
     assert loss(chunked) >= loss(new) - 1e-10
 
 
+class _FixedKron:
+    """A curvature with given Kronecker factors and no damping, for one shot on one linear."""
+    bias = False
+    cfg = OmegaConf.create({"damp_g": 0.0, "damp_a": 0.0})
+
+    def __init__(self, G, A):
+        self.G, self.A = G, A
+
+    def fisher_diag(self):
+        return None
+
+    def damped_factors(self):
+        return self.G, self.A
+
+
+def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
+    """Shot 2 of a multi-shot run: the weights shot 1 removed must stay zero *inside* the OBS
+    solve, not be re-zeroed after it, so the result is the exact least-squares solution with
+    old and new zeros constrained together."""
+    R, C = 5, 6
+    lin = torch.nn.Linear(C, R, bias=False)  # the global step works in float32
+    W = torch.randn(R, C, dtype=torch.float64)
+    old = torch.tensor([3, 10, 17, 24])  # removed by an earlier shot
+    W.view(-1)[old] = 0.0
+    lin.weight.data.copy_(W)
+    G, A = _spd(R, 3), _spd(C, 4)
+    W = lin.weight.data.double()
+    method = Method(OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 0}),
+                    KCFG, Unstructured())
+    prune_global({(0, "w"): lin}, {(0, "w"): _FixedKron(G.float(), A.float())}, method, 0.4)
+    removed = (lin.weight.data == 0).flatten().nonzero().flatten()
+    assert len(removed) == int(0.4 * R * C) and set(old.tolist()) <= set(removed.tolist())
+    torch.testing.assert_close(lin.weight.data.double(), _exact_constrained(W, G, A, removed), rtol=1e-4, atol=1e-5)
+
+
 def test_correlated_update_with_identity_G_is_per_row_obs():
     R, C = 4, 6
     W = torch.randn(R, C, dtype=torch.float64)

@@ -75,7 +75,10 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
             rec = {"rows_removed": len(rows), "cols_removed": len(cols)}
         else:
             if update:
-                rows, cols = (decision & (W[:, :C] != 0)).nonzero(as_tuple=True)  # zeros need no update
+                # Earlier shots' zeros cost 0, so they are in the decision, and they stay in the
+                # constraint set: the update G^-1 M A^-1 is dense, and left free it would move them,
+                # and re-zeroing them after the update would undo part of its compensation.
+                rows, cols = decision.nonzero(as_tuple=True)
                 W = kron.correlated_update(W, Ginv, Ainv, rows, cols, correlate)
             W[:, :C][decision] = 0.0
         _write_back(lin, W)

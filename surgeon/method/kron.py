@@ -40,8 +40,9 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Te
     (they carry forward). Returns the updated W with the removed weights exactly zero.
 
     Updates are linear in M, so M is accumulated over chunks and G^-1 M A^-1 applied once; a
-    chunk only needs the pending update at its own positions, (G^-1[r, :] M) A^-1[:, c]. This
-    turns a full R x C update per chunk into one per shot."""
+    chunk only needs the pending update at its own positions, (G^-1[r, :] M A^-1)[r, c]. This
+    turns a full R x C update per chunk into one per shot. A chunk spans few rows, so its block
+    of G^-1 is gathered for the distinct rows and spread with a one-hot product."""
     order = torch.argsort(rows * W.shape[1] + cols)  # chunks of whole rows where possible
     rows, cols = rows[order], cols[order]
     M = torch.zeros_like(W)
@@ -50,16 +51,23 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Te
     for s in range(0, n, step):
         r, c = rows[s:s + step], cols[s:s + step]
         urows, inverse = torch.unique(r, return_inverse=True)
-        left = M[urows] if Ginv is None else Ginv[urows] @ M            # (rows in chunk) x C
-        pending = (left[inverse] * Ainv[:, c].T).sum(1)                  # (G^-1 M A^-1)[r, c]
-        if Ginv is None:  # G = I: weights in different rows do not interact
-            Ginv_rr = (r.unsqueeze(1) == r.unsqueeze(0)).to(W.dtype)
-        else:
-            Ginv_rr = Ginv[r][:, r]
-        M[r, c] = torch.linalg.solve(Ginv_rr * Ainv[c][:, c], W[r, c] - pending)
+        left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunk) x C
+        pending = (left @ Ainv)[inverse, c]                               # (G^-1 M A^-1)[r, c]
+        E = torch.nn.functional.one_hot(inverse, len(urows)).to(W.dtype)  # chunk entry -> its row
+        Grr = torch.eye(len(urows), dtype=W.dtype, device=W.device) if Ginv is None else Ginv[urows][:, urows]
+        K = (E @ Grr @ E.T) * Ainv.index_select(0, c).index_select(1, c)  # SPD (Schur product)
+        M[r, c] = _spd_solve(K, W[r, c] - pending)
     W = W - (M if Ginv is None else Ginv @ M) @ Ainv
     W[rows, cols] = 0.0
     return W
+
+
+def _spd_solve(K, b):
+    """Cholesky where K is numerically SPD, LU where rounding made it indefinite."""
+    L, info = torch.linalg.cholesky_ex(K)
+    if int(info) == 0:
+        return torch.cholesky_solve(b.unsqueeze(1), L).squeeze(1)
+    return torch.linalg.solve(K, b)
 
 
 def rows_update(W, Ginv, rows, max_correlate: int) -> torch.Tensor:
