@@ -200,6 +200,27 @@ def test_global_nm_groups_are_all_or_nothing():
     assert per_group.sum().item() == int(0.5 * per_group.numel()) * 2
 
 
+def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern():
+    costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
+    masks = allocation.nm_groups(costs, 0.3, 2, 4, "global", fill="elements")
+    per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
+    assert per_group.max() <= 2 and per_group.sum() == int(0.3 * per_group.numel() * 4)
+    assert set(per_group.tolist()) == {0, 1, 2}  # single weights, not whole groups
+    for c, mask in zip(costs, masks):  # only among each group's two cheapest
+        rank = c.reshape(-1, 4).argsort(1).argsort(1)
+        assert (rank[mask.reshape(-1, 4)] < 2).all()
+    # next shot: the removed weights now cost 0; at the pattern every group is completed
+    final = allocation.nm_groups([c.masked_fill(m, 0.0) for c, m in zip(costs, masks)], 0.5, 2, 4,
+                                 "global", fill="elements")
+    for m, f in zip(masks, final):
+        assert (f.reshape(-1, 4).sum(1) == 2).all() and (f | ~m).all()
+
+
+def test_nm_fill_must_be_known():
+    with pytest.raises(SurgeonError, match="structure.fill 'rows' is not one of groups, elements"):
+        NM(2, 4, "rows")
+
+
 def test_structured_shot_zeroes_exactly_what_it_reports():
     adapter, linears, records = _surgeon_shot("tiny_opt", RowsCols(), 0.4, max_correlate=16)
     removed = 0

@@ -52,7 +52,7 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
     if structured:
         decisions = allocation.rows_cols([r for r, _ in costs], [c for _, c in costs], sparsity, scope)
     elif structure.name == "nm":
-        decisions = allocation.nm_groups(costs, sparsity, structure.n, structure.m, scope)
+        decisions = allocation.nm_groups(costs, sparsity, structure.n, structure.m, scope, structure.fill)
     else:
         decisions = allocation.elements(costs, sparsity, scope)
     del costs
