@@ -194,7 +194,7 @@ def test_rows_cols_threshold_counts_overlap_once_and_matches_brute_force():
 
 def test_global_nm_groups_are_all_or_nothing():
     costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
-    masks = allocation.nm_groups(costs, 0.25, 2, 4, "global")
+    masks = allocation.nm_groups(costs, 0.25, 2, 4, "global", fill="groups")
     per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
     assert set(per_group.tolist()) <= {0, 2}
     assert per_group.sum().item() == int(0.5 * per_group.numel()) * 2

@@ -25,7 +25,7 @@ def elements(costs: list[torch.Tensor], sparsity: float, scope: str) -> list[tor
 
 
 def nm_groups(costs: list[torch.Tensor], sparsity: float, n: int, m: int, scope: str,
-              fill: str = "groups") -> list[torch.Tensor]:
+              fill: str) -> list[torch.Tensor]:
     """N:M: a group of M's cost is the sum of its M-N cheapest weights (independence, as the
     paper assumes); the cheapest groups are made N:M until the budget is reached. With
     fill=elements a shot short of the pattern removes single weights instead, only among each
