@@ -49,21 +49,28 @@ def plot_allocation(r: dict, path: Path) -> None:
 
 
 def plot_shots(results: list[dict], path: Path) -> None:
+    """Dense at 0 only where the shots used the full protocol: a capped per-shot eval (the first
+    `schedule.eval_max_tokens` tokens) is not comparable with the dense figure."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    corpus = None
+    corpus, caps = None, set()
     for r in sorted(results, key=lambda r: r["method"]):
-        pts = [(s["achieved_sparsity"], s["ppl"]) for s in r.get("shots", []) if "ppl" in s]
-        if not pts:
+        shots = [s for s in r.get("shots", []) if "ppl" in s]
+        if not shots:
             continue
-        corpus = corpus or next(iter(pts[0][1]))
-        ax.plot([0] + [p[0] for p in pts], [r["ppl_dense"][corpus]] + [p[1][corpus] for p in pts],
-                marker="o", ms=3, label=r["method"])
+        corpus = corpus or next(iter(shots[0]["ppl"]))
+        full = all(s.get("full_eval") for s in shots)
+        if not full:
+            caps.add(r.get("config", {}).get("schedule", {}).get("eval_max_tokens"))
+        xs = ([0.0] if full else []) + [s["achieved_sparsity"] for s in shots]
+        ys = ([r["ppl_dense"][corpus]] if full else []) + [s["ppl"][corpus] for s in shots]
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{label(r)}, to {setting(r)}")
     if corpus is None:
         plt.close(fig)
         return
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity")
-    ax.set_ylabel(f"{corpus} perplexity")
+    ax.set_ylabel(f"{corpus} perplexity" + (f" (first {caps.pop():,} tokens)" if len(caps) == 1 and None not in caps
+                                            else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)

@@ -81,21 +81,24 @@ def test_multishot_run_fills_intermediate_columns_and_plots(compose_cfg, tmp_pat
     xs, ys = plt_line(plots, [res])
     assert xs == pytest.approx([0.0, first["achieved_sparsity"], res["achieved_sparsity"]])  # dense, shot 1, end
     assert ys[0] == res["ppl_dense"]["wiki_heldout"] and ys[-1] == res["ppl"]["wiki_heldout"]
+    assert plt_line(plots, [res], plots.plot_shots)[0][0] == 0.0
+    capped = {**res, "shots": [{**s, "full_eval": False} for s in res["shots"]]}  # a shorter per-shot eval
+    assert plt_line(plots, [capped], plots.plot_shots)[0] == [s["achieved_sparsity"] for s in res["shots"]]
     by_layer = plots.allocation_by_layer(res)
     total = sum(s * r["numel"] for r in res["layers"] for s in [r["sparsity"]]) / res["params_dense"]
     assert total == pytest.approx(res["achieved_sparsity"], abs=1e-6)
     assert len(by_layer["layer total"]) == 2
 
 
-def plt_line(plots, results):
-    """The (x, y) data of the single line plot_sweep draws."""
+def plt_line(plots, results, plot=None):
+    """The (x, y) data of the first line `plot` (default: plot_sweep) draws."""
     import matplotlib.pyplot as plt
 
     captured = {}
     real_save = plots._save
     plots._save = lambda fig, path: captured.setdefault("line", fig.axes[0].lines[0].get_data())
     try:
-        plots.plot_sweep(results, None)
+        (plot or plots.plot_sweep)(results, None)
     finally:
         plots._save = real_save
         plt.close("all")
