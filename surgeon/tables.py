@@ -37,6 +37,8 @@ def label(r: dict) -> str:
         return f"{r['method']} ({sched['curve']} ratios)"
     if r.get("training") is not None and not r["training"].get("prompt_in_training", True):
         return f"{r['method']} (no prompt)"
+    if cfg.get("structure", {}).get("fill") == "elements" and cfg.get("schedule", {}).get("name") == "linear":
+        return f"{r['method']} (element fill)"
     return r["method"]
 
 

@@ -17,7 +17,7 @@ FILLS = ("groups", "elements")
 class NM:
     name = "nm"
 
-    def __init__(self, n: int, m: int, fill: str = "elements"):
+    def __init__(self, n: int, m: int, fill: str = "groups"):
         if not (0 < n < m):
             raise SurgeonError(f"structure=nm needs 0 < n < m, got n={n} m={m} (n counts the kept weights)")
         if fill not in FILLS:
