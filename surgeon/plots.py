@@ -69,8 +69,8 @@ def plot_shots(results: list[dict], path: Path) -> None:
         return
     ax.set_yscale("log")
     ax.set_xlabel("achieved sparsity")
-    ax.set_ylabel(f"{corpus} perplexity" + (f" (first {caps.pop():,} tokens)" if len(caps) == 1 and None not in caps
-                                            else ""))
+    cap = caps.pop() if len(caps) == 1 else None  # one shared per-shot cap goes in the label
+    ax.set_ylabel(f"{corpus} perplexity" + (f" (first {int(cap):,} tokens)" if cap else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
