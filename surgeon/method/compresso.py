@@ -13,8 +13,9 @@ deterministic; with `method.final_size=target` one common shift of every log_alp
 threshold, found by bisection) makes the deterministic size the target, since a bounded run's
 Lagrangian ends near but not at it. `method.finetune_steps` more LoRA updates follow with the
 gates frozen at those values (Compresso's and CoFi's fine-tuning of the pruned model). LoRA is
-merged, each kept gate's value is folded into the weights and every removed structure is zeroed in all the linears it touches, so compaction (surgeon/compact.py)
-shrinks the shapes exactly. Gates act through forward hooks: the model code is untouched.
+merged, each kept gate's value is folded into the weights and every removed structure is zeroed
+in all the linears it touches, so compaction (surgeon/compact.py) shrinks the shapes exactly.
+Gates act through forward hooks: the model code is untouched.
 
 The loop runs under `accelerate` (device placement, gradient accumulation, mixed precision);
 `accelerate launch` with a DeepSpeed config scales it out (conf/experiment/compresso_llama7b.yaml).

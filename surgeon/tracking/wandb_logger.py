@@ -4,8 +4,9 @@ falls back to offline with a warning.
 
 The jobs of one sweep share a W&B group (the sweep folder, unless logger.group names one) and are
 named by their folders (hydra.sweep.subdir); the config is flattened to dotted keys
-("method.name"), which W&B's run table and parallel-coordinates views filter and group by. results.json is logged as an
-artifact; `python -m surgeon.tables/plots ... --wandb` logs tables and figures to the group."""
+("method.name"), which W&B's run table and parallel-coordinates views filter and group by.
+results.json is logged as an artifact; `python -m surgeon.tables/plots ... --wandb` logs tables
+and figures to the group."""
 import logging
 import os
 from pathlib import Path
