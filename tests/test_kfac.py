@@ -141,13 +141,21 @@ def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
     torch.testing.assert_close(lin.weight.data.double(), _exact_constrained(W, G, A, removed), rtol=1e-4, atol=1e-5)
 
 
-def test_correlated_update_with_identity_G_is_per_row_obs():
+@pytest.mark.parametrize("max_correlate", [0, 1, 2, 4])
+def test_correlated_update_never_splits_a_row_so_uncoupled_rows_are_exact(max_correlate):
+    """With G diagonal (or None, the identity) rows are independent, and since a chunk is made
+    of whole rows, every chunk size gives the exact per-row OBS solution; splitting row 0's
+    three weights over two chunks (what a plain max_correlate=2 slicing would do) would not."""
     R, C = 4, 6
     W = torch.randn(R, C, dtype=torch.float64)
     A = _spd(C, 2)
-    Q = torch.tensor([1, 2, 9, 20])
-    new = kron.correlated_update(W, None, torch.linalg.inv(A), Q // C, Q % C, 0)
-    torch.testing.assert_close(new, _exact_constrained(W, torch.eye(R, dtype=torch.float64), A, Q))
+    Q = torch.tensor([1, 2, 3, 9, 20, 21, 22])  # rows 0, 0, 0, 1, 3, 3, 3
+    assert kron._row_chunks(Q // C, 4) == [(0, 4), (4, 7)]
+    for G in (None, torch.diag(torch.rand(R, dtype=torch.float64) + 0.5)):
+        new = kron.correlated_update(W, None if G is None else torch.linalg.inv(G), torch.linalg.inv(A),
+                                     Q // C, Q % C, max_correlate)
+        exact = _exact_constrained(W, torch.eye(R, dtype=torch.float64) if G is None else G, A, Q)
+        torch.testing.assert_close(new, exact)
 
 
 @pytest.mark.parametrize("which", ["rows", "cols"])

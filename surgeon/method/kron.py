@@ -35,21 +35,25 @@ def col_costs(W, G, Ainv):
 
 
 def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Tensor:
-    """Removes the weights (rows[i], cols[i]) with correlated OBS updates, `max_correlate` at a
-    time (0 = all at once). Each chunk targets the weights as earlier chunks' updates left them
-    (they carry forward). Returns the updated W with the removed weights exactly zero.
+    """Removes the weights (rows[i], cols[i]) with correlated OBS updates, solved in chunks of
+    whole rows of up to `max_correlate` weights (0 = all at once). Each chunk targets the weights
+    as earlier chunks' updates left them (they carry forward). Returns the updated W with the
+    removed weights exactly zero.
+
+    A row is never split (a row with more removals is a chunk of its own), as in the reference:
+    a later chunk's update moves the earlier chunks' zeros, and within a row, where A^-1 couples
+    every pair of weights, that error is large; across rows it is scaled by G^-1's off-diagonal.
+    So the solve is exact within each row (as SparseGPT's is) for any max_correlate.
 
     Updates are linear in M, so M is accumulated over chunks and G^-1 M A^-1 applied once; a
     chunk only needs the pending update at its own positions, (G^-1[r, :] M A^-1)[r, c]. This
     turns a full R x C update per chunk into one per shot. A chunk spans few rows, so its block
     of G^-1 is gathered for the distinct rows and spread with a one-hot product."""
-    order = torch.argsort(rows * W.shape[1] + cols)  # chunks of whole rows where possible
+    order = torch.argsort(rows * W.shape[1] + cols)  # row-major: chunks are runs of whole rows
     rows, cols = rows[order], cols[order]
     M = torch.zeros_like(W)
-    n = len(rows)
-    step = n if max_correlate <= 0 else max_correlate
-    for s in range(0, n, step):
-        r, c = rows[s:s + step], cols[s:s + step]
+    for s, e in _row_chunks(rows, max_correlate):
+        r, c = rows[s:e], cols[s:e]
         urows, inverse = torch.unique(r, return_inverse=True)
         left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunk) x C
         pending = (left @ Ainv)[inverse, c]                               # (G^-1 M A^-1)[r, c]
@@ -60,6 +64,20 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Te
     W = W - (M if Ginv is None else Ginv @ M) @ Ainv
     W[rows, cols] = 0.0
     return W
+
+
+def _row_chunks(rows, max_correlate: int) -> list[tuple[int, int]]:
+    """(start, stop) of chunks of whole rows in `rows` (sorted): consecutive rows are packed while
+    they fit in max_correlate; a row that alone exceeds it is a chunk of its own."""
+    if max_correlate <= 0:
+        return [(0, len(rows))]
+    chunks, start, size = [], 0, 0
+    for count in torch.unique_consecutive(rows, return_counts=True)[1].tolist():
+        if size and size + count > max_correlate:
+            chunks.append((start, start + size))
+            start, size = start + size, 0
+        size += count
+    return chunks + [(start, start + size)] if size else chunks
 
 
 def _spd_solve(K, b):
