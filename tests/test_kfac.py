@@ -9,6 +9,7 @@ from surgeon.curvature import KFAC
 from surgeon.errors import SurgeonError
 from surgeon.method import Method, allocation, kron
 from surgeon.method.global_step import prune_global
+from surgeon.method.obs import obs_prune
 from surgeon.model import adapter_for
 from surgeon.structure import NM, RowsCols, Unstructured
 from tests.conftest import tiny_model
@@ -227,6 +228,34 @@ def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern
 def test_nm_fill_must_be_known():
     with pytest.raises(SurgeonError, match="structure.fill 'rows' is not one of groups, elements"):
         NM(2, 4, "rows")
+
+
+def test_sequential_nm_completion_takes_sparsegpts_masks_and_solves_them_exactly():
+    """select=sequential: the completing shot's masks are the ones SparseGPT's sequential OBS picks
+    on A^-1 (earlier zeros kept), and the weights are the exact K-FAC least squares for them."""
+    R, C = 6, 8
+    lin = torch.nn.Linear(C, R, bias=False)
+    W = torch.randn(R, C, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    W[0, 1] = W[3, 6] = 0.0  # an earlier shot's zeros, whatever the sequential costs say
+    lin.weight.data.copy_(W)
+    W = lin.weight.data.double()
+    G, A = _spd(R, 5), _spd(C, 6)
+    method = Method(OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 0}),
+                    KCFG, NM(2, 4, select="sequential"))
+    prune_global({(0, "w"): lin}, {(0, "w"): _FixedKron(G.float(), A.float())}, method, 0.5)
+    removed = lin.weight.data == 0
+    expected = obs_prune(W, torch.linalg.inv(A), NM(2, 4), 0.5, keep=W == 0)[1]
+    assert torch.equal(removed, expected) and removed[0, 1] and removed[3, 6]
+    static = NM(2, 4).select((W ** 2 / torch.diag(torch.linalg.inv(A))).masked_fill(W == 0, -1.0))
+    assert not torch.equal(removed, static)  # the order matters here
+    assert (removed.reshape(R, -1, 4).sum(2) == 2).all()
+    exact = _exact_constrained(W, G, A, removed.flatten().nonzero().flatten())
+    torch.testing.assert_close(lin.weight.data.double(), exact, rtol=1e-4, atol=1e-5)
+
+
+def test_nm_select_must_be_known():
+    with pytest.raises(SurgeonError, match="structure.select 'greedy' is not one of costs, sequential"):
+        NM(2, 4, select="greedy")
 
 
 def test_structured_shot_zeroes_exactly_what_it_reports():

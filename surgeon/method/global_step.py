@@ -74,6 +74,9 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
             W[:, cols] = 0.0
             rec = {"rows_removed": len(rows), "cols_removed": len(cols)}
         else:
+            if update and getattr(structure, "select_by", "costs") == "sequential" \
+                    and sparsity >= structure.target(sparsity) - 1e-9:
+                decision = structure.sequential(W[:, :C], Ainv[:C, :C])  # A^-1's block: bias last
             if update:
                 # Earlier shots' zeros cost 0, so they are in the decision, and they stay in the
                 # constraint set: the update G^-1 M A^-1 is dense, and left free it would move them,

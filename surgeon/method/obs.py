@@ -11,8 +11,10 @@ import torch
 
 
 def obs_prune(weight: torch.Tensor, hinv: torch.Tensor, structure, sparsity: float,
-              scope: str = "layer", blocksize: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (pruned and updated weight, boolean mask of removed weights)."""
+              scope: str = "layer", blocksize: int = 128,
+              keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (pruned and updated weight, boolean mask of removed weights). `keep` marks weights
+    that are removed whatever they cost (a multi-shot run's earlier zeros)."""
     W = weight.to(hinv.dtype).clone()  # float32 in runs; float64 in tests
     rows, cols = W.shape
     U = torch.linalg.cholesky(hinv, upper=True)
@@ -29,6 +31,8 @@ def obs_prune(weight: torch.Tensor, hinv: torch.Tensor, structure, sparsity: flo
             if i % period == 0:
                 j = min(i + period, b1 - b0)
                 costs = Wb[:, i:j] ** 2 / d[b0 + i:b0 + j] ** 2
+                if keep is not None:
+                    costs = costs.masked_fill(keep[:, b0 + i:b0 + j], -1.0)
                 removed[:, b0 + i:b0 + j] = structure.select(costs, sparsity, scope)
             w = Wb[:, i]
             q = w.masked_fill(removed[:, b0 + i], 0.0)

@@ -41,6 +41,9 @@ class Method:
         if update != "none" and curvature_cfg.get("source") == "fisher":
             raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
                                "it gives OBD costs only (method.update=none)")
+        if getattr(structure, "select_by", "costs") == "sequential" and update != "correlated":
+            raise SurgeonError("structure.select=sequential picks N:M masks inside the correlated update: "
+                               "it needs method.update=correlated (method.update=obs already selects so)")
         if cfg.allocation == "row" and structure.name == "rows_cols":
             raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
 

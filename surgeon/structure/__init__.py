@@ -10,7 +10,7 @@ def build(cfg):
     if cfg.name == "unstructured":
         return Unstructured()
     if cfg.name == "nm":
-        return NM(int(cfg.n), int(cfg.m), cfg.get("fill", "groups"))
+        return NM(int(cfg.n), int(cfg.m), cfg.get("fill", "groups"), cfg.get("select", "costs"))
     if cfg.name == "rows_cols":
         return RowsCols()
     if cfg.name == "heads_neurons":
