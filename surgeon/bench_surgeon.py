@@ -2,7 +2,8 @@
 
 One shot = a K-FAC pass of the whole model over the calibration windows (forward + backward,
 G and A of every prunable linear) + the global threshold + correlated updates (5% of the
-weights, 500 solved jointly). Each point runs in its own process, so peak RSS is its own:
+weights, in chunks of whole rows of up to 500). Each point runs in its own process, so peak RSS
+is its own:
 - calibration tokens: SmolLM2-135M (width 576) with 2 and 8 windows of 512 tokens;
 - model width: 2-layer Llamas built in code (random weights, MLP 3x wider) at 2,048 tokens.
 Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
