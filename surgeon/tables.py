@@ -11,6 +11,11 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from surgeon.config import CONF_DIR
+
+_KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
 
 
@@ -30,16 +35,22 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 
 def label(r: dict) -> str:
-    """The row name: the method, plus what departs from its preset (ratio curve, prompt)."""
+    """The row name: the method, plus what departs from its preset (ratio curve, prompt, N:M fill
+    and selection, K-FAC's output damping), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
-    sched = cfg.get("schedule", {})
+    sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
+    tags = []
     if sched.get("name") == "incremental_ratio" and sched.get("curve", "log") != "log":
-        return f"{r['method']} ({sched['curve']} ratios)"
+        tags.append(f"{sched['curve']} ratios")
     if r.get("training") is not None and not r["training"].get("prompt_in_training", True):
-        return f"{r['method']} (no prompt)"
-    if cfg.get("structure", {}).get("fill") == "elements" and cfg.get("schedule", {}).get("name") == "linear":
-        return f"{r['method']} (element fill)"
-    return r["method"]
+        tags.append("no prompt")
+    if structure.get("fill") == "elements" and sched.get("name") == "linear":
+        tags.append("element fill")
+    if structure.get("select") == "sequential" and cfg.get("method", {}).get("update") == "correlated":
+        tags.append("sequential N:M")
+    if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:
+        tags.append(f"damp_g {curv.get('damp_g')}")
+    return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
 def rows(r: dict) -> list[tuple[str, list[tuple[str, dict]]]]:

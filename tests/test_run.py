@@ -169,6 +169,21 @@ def test_tables_name_ratio_ablations_and_report_compaction(tmp_path):
     assert "| 2.0M | 1.0M | 8 | 4 | 10.0 | 5.0 | 2.00x |" in comp
 
 
+def test_tables_label_every_departure_from_the_llm_surgeon_preset():
+    from surgeon import tables
+
+    def res(**cfg):
+        base = {"schedule": {"name": "linear"}, "method": {"update": "correlated"},
+                "structure": {"name": "nm", "fill": "groups", "select": "costs"},
+                "curvature": {"name": "kfac", "damp_g": 0.1}}
+        return {"method": "llm_surgeon", "config": {k: {**v, **cfg.get(k, {})} for k, v in base.items()}}
+
+    assert tables.label(res()) == "llm_surgeon"
+    assert tables.label(res(structure={"fill": "elements"})) == "llm_surgeon (element fill)"
+    both = res(structure={"select": "sequential"}, curvature={"damp_g": 1.0})
+    assert tables.label(both) == "llm_surgeon (sequential N:M, damp_g 1.0)"
+
+
 def _wandb_records(path):
     """The protobuf records of an offline .wandb file (LevelDB log format: 7-byte file header,
     32 KiB blocks of [crc32, length, kind] chunks; kinds 1 = whole record, 2-4 = its parts)."""
