@@ -130,7 +130,7 @@ def _save(fig, path: Path) -> None:
 def main(argv=None) -> None:
     results, out, args = cli(argv, __doc__.splitlines()[0], "the figures")
     for r in results:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
         plot_allocation(r, out / name)
         print(out / f"{name}.png")
         if r.get("training"):
