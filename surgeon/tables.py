@@ -46,7 +46,7 @@ def label(r: dict) -> str:
         tags.append("no prompt")
     if structure.get("fill") == "elements" and sched.get("name") == "linear":
         tags.append("element fill")
-    if structure.get("select") == "sequential" and cfg.get("method", {}).get("update") == "correlated":
+    if structure.get("select") == "sequential":  # only runs with method.update=correlated pass the checks
         tags.append("sequential N:M")
     if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:
         tags.append(f"damp_g {curv.get('damp_g')}")
