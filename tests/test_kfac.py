@@ -203,7 +203,7 @@ def test_rows_cols_threshold_counts_overlap_once_and_matches_brute_force():
 
 def test_global_nm_groups_are_all_or_nothing():
     costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
-    masks = allocation.nm_groups(costs, 0.25, 2, 4, "global", fill="groups")
+    masks = allocation.nm_groups(costs, 0.25, NM(2, 4, "groups"), "global")
     per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
     assert set(per_group.tolist()) <= {0, 2}
     assert per_group.sum().item() == int(0.5 * per_group.numel()) * 2
@@ -211,7 +211,7 @@ def test_global_nm_groups_are_all_or_nothing():
 
 def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern():
     costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
-    masks = allocation.nm_groups(costs, 0.3, 2, 4, "global", fill="elements")
+    masks = allocation.nm_groups(costs, 0.3, NM(2, 4, "elements"), "global")
     per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
     assert per_group.max() <= 2 and per_group.sum() == int(0.3 * per_group.numel() * 4)
     assert set(per_group.tolist()) == {0, 1, 2}  # single weights, not whole groups
@@ -219,8 +219,8 @@ def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern
         rank = c.reshape(-1, 4).argsort(1).argsort(1)
         assert (rank[mask.reshape(-1, 4)] < 2).all()
     # next shot: the removed weights now cost 0; at the pattern every group is completed
-    final = allocation.nm_groups([c.masked_fill(m, 0.0) for c, m in zip(costs, masks)], 0.5, 2, 4,
-                                 "global", fill="elements")
+    final = allocation.nm_groups([c.masked_fill(m, 0.0) for c, m in zip(costs, masks)], 0.5,
+                                 NM(2, 4, "elements"), "global")
     for m, f in zip(masks, final):
         assert (f.reshape(-1, 4).sum(1) == 2).all() and (f | ~m).all()
 

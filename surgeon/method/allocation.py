@@ -24,15 +24,15 @@ def elements(costs: list[torch.Tensor], sparsity: float, scope: str) -> list[tor
     return _smallest(costs, sparsity, scope)
 
 
-def nm_groups(costs: list[torch.Tensor], sparsity: float, n: int, m: int, scope: str,
-              fill: str) -> list[torch.Tensor]:
+def nm_groups(costs: list[torch.Tensor], sparsity: float, nm, scope: str) -> list[torch.Tensor]:
     """N:M: a group of M's cost is the sum of its M-N cheapest weights (independence, as the
     paper assumes); the cheapest groups are made N:M until the budget is reached. With
     fill=elements a shot short of the pattern removes single weights instead, only among each
     group's M-N cheapest (already-zero weights cost 0, so they stay among them)."""
+    n, m = nm.n, nm.m  # nm: the structure (surgeon/structure/nm.py)
     groups = [c.reshape(c.shape[0], -1, m) for c in costs]
     drop = [torch.topk(g, m - n, dim=2, largest=False) for g in groups]
-    if fill == "elements" and sparsity < 1 - n / m - 1e-9:
+    if nm.fill == "elements" and not nm.completes(sparsity):
         allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
                    for g, d, c in zip(groups, drop, costs)]
         return _smallest(allowed, sparsity, scope)

@@ -52,7 +52,7 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
     if structured:
         decisions = allocation.rows_cols([r for r, _ in costs], [c for _, c in costs], sparsity, scope)
     elif structure.name == "nm":
-        decisions = allocation.nm_groups(costs, sparsity, structure.n, structure.m, scope, structure.fill)
+        decisions = allocation.nm_groups(costs, sparsity, structure, scope)
     else:
         decisions = allocation.elements(costs, sparsity, scope)
     del costs
@@ -75,7 +75,7 @@ def prune_global(linears: dict, curvs: dict, method, sparsity: float) -> list[di
             rec = {"rows_removed": len(rows), "cols_removed": len(cols)}
         else:
             if update and getattr(structure, "select_by", "costs") == "sequential" \
-                    and sparsity >= structure.target(sparsity) - 1e-9:
+                    and structure.completes(sparsity):
                 decision = structure.sequential(W[:, :C], Ainv[:C, :C])  # A^-1's block: bias last
             if update:
                 # Earlier shots' zeros cost 0, so they are in the decision, and they stay in the

@@ -43,6 +43,10 @@ class NM:
     def target(self, sparsity: float) -> float:
         return 1 - self.n / self.m
 
+    def completes(self, sparsity: float) -> bool:
+        """Whether a shot to `sparsity` is the one that completes the pattern."""
+        return sparsity >= self.target(sparsity) - 1e-9
+
     def select(self, costs: torch.Tensor, sparsity: float = 0.0, scope: str = "layer") -> torch.Tensor:
         """Boolean mask to REMOVE: the M-N lowest costs in every group of M columns of each row."""
         rows, cols = costs.shape
