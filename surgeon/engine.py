@@ -118,7 +118,7 @@ def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: flo
     return records
 
 
-def collect_full(adapter, windows: torch.Tensor, method, device: torch.device, fisher: str = "empirical",
+def collect_full(adapter, windows: torch.Tensor, method, device: torch.device,
                  seed: int = 0) -> tuple[dict, dict]:
     """Statistics of every prunable linear at once, from passes of the whole model (one window
     at a time). With gradients, each window runs forward + backward on the summed next-token
@@ -155,7 +155,7 @@ def collect_full(adapter, windows: torch.Tensor, method, device: torch.device, f
                 continue
             with torch.enable_grad():
                 logits = model(w, use_cache=False).logits[:, :-1].float()
-                if fisher == "true":  # labels from the model's own predictive distribution
+                if method.fisher == "true":  # labels from the model's own predictive distribution
                     with torch.no_grad():
                         labels = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1,
                                                    generator=gen).view(1, -1)
@@ -183,8 +183,7 @@ def prune(adapter, windows, method, sparsity: float, device: torch.device, seed:
     from surgeon.method.global_step import prune_global
 
     t = time.time()
-    linears, curvs = collect_full(adapter, windows, method, device,
-                                  method.curvature_cfg.get("fisher", "empirical"), seed)
+    linears, curvs = collect_full(adapter, windows, method, device, seed)
     timings["curvature_s"] = time.time() - t
     log.info("curvature of %d linears estimated in %.1fs", len(linears), timings["curvature_s"])
     t = time.time()

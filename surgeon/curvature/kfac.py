@@ -9,6 +9,20 @@ the calibration windows: the empirical Fisher (true next tokens) by default, or 
 import torch
 
 from surgeon.curvature.base import Curvature
+from surgeon.errors import SurgeonError
+
+FISHERS = ("empirical", "true")
+
+
+def fisher_kind(cfg) -> str:
+    """`curvature.fisher` as a name. YAML reads a bare `true` (as in `curvature.fisher=true`) as a
+    boolean; compared with the string "true" it would silently give the empirical Fisher."""
+    value = cfg.get("fisher", "empirical")
+    if isinstance(value, bool):
+        value = "true" if value else "empirical"
+    if value not in FISHERS:
+        raise SurgeonError(f"curvature.fisher '{value}' is not one of {', '.join(FISHERS)}")
+    return value
 
 
 class KFAC(Curvature):

@@ -13,6 +13,7 @@ Any other combination is valid too (e.g. `method=llm_surgeon curvature=diagonal`
 import torch
 
 from surgeon import curvature as curvatures
+from surgeon.curvature.kfac import fisher_kind
 from surgeon.errors import SurgeonError
 from surgeon.method import batched_greedy
 from surgeon.method.obs import obs_prune
@@ -32,6 +33,7 @@ class Method:
         if curvature_cfg.name not in curvatures.CURVATURES:
             raise SurgeonError(f"curvature '{curvature_cfg.name}' is not implemented yet")
         self.cfg, self.curvature_cfg, self.structure = cfg, curvature_cfg, structure
+        self.fisher = fisher_kind(curvature_cfg)  # which labels the gradients use, if any
         if structure.name == "heads_neurons" and (self.is_global or update not in ("obs", "none")):
             raise SurgeonError("structure=heads_neurons is pruned layer by layer on the layer Hessian: it needs "
                                "method.update=obs|none, allocation layer|row and a curvature without gradients")
