@@ -68,6 +68,7 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["method=slimgpt", "schedule.curve=cubic"], "schedule.curve 'cubic' is not one of log, linear, uniform"),
     (["method=k_obd", "curvature.source=fisher", "method.update=correlated"], "exact diagonal without Kronecker"),
     (["compact=maybe"], "compact must be auto, true or false"),
+    (["method=llm_surgeon", "curvature.fisher=sampled"], "curvature.fisher 'sampled' is not one of empirical, true"),
     (["structure=nm", "structure.select=greedy"], "structure.select 'greedy' is not one of costs, sequential"),
     (["method=k_obd", "structure=nm", "structure.select=sequential"], "it needs method.update=correlated"),
 ])

@@ -311,6 +311,46 @@ def test_factors_streamed_to_cpu_or_disk_equal_the_device_ones(store):
         torch.testing.assert_close(a, b)
 
 
+def test_true_fisher_converges_to_the_expected_outer_product_under_the_models_predictions():
+    """G of the last down_proj with labels sampled from the model (`curvature.fisher=true`, which
+    YAML reads as a boolean) against sum_y p(y) g(y) g(y)^T: that output reaches only its own
+    token's logits, so g_t(y) is one gradient per label. The estimate improves as 1/sqrt(samples);
+    the empirical Fisher (random true labels here) is far off."""
+    torch.manual_seed(0)
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    window = torch.randint(0, 256, (1, 12))
+    last = len(adapter.layers()) - 1
+    saved = {}
+    hooks = [adapter.layers()[last].mlp.down_proj.register_forward_hook(lambda m, i, o: saved.update(out=o)),
+             model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))]
+    logits = model(window).logits[0, :-1].float()
+    for h in hooks:
+        h.remove()
+    p, exact = logits.softmax(-1), 0.0
+    for y in range(logits.shape[1]):
+        loss = torch.nn.functional.cross_entropy(logits, torch.full((len(logits),), y), reduction="sum")
+        g = torch.autograd.grad(loss, saved["out"], retain_graph=True)[0][0, :-1]
+        exact = exact + torch.einsum("t,ti,tj->ij", p[:, y], g, g)
+    exact = exact / window.shape[1]  # per position, as G is (the last one has no label)
+
+    def error(fisher, repeats):
+        m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
+                   OmegaConf.merge(KCFG, {"fisher": fisher}), Unstructured())
+        _, curvs = engine.collect_full(adapter, window.repeat(repeats, 1), m, torch.device("cpu"))
+        return ((curvs[(last, "mlp.down_proj")].G - exact).norm() / exact.norm()).item()
+
+    few, many = error(True, 50), error(True, 200)
+    assert many < 0.25 and many < 0.6 * few
+    assert error("empirical", 1) > 1.0
+
+
+def test_fisher_must_be_known():
+    with pytest.raises(SurgeonError, match="curvature.fisher 'sampled' is not one of empirical, true"):
+        Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
+               OmegaConf.merge(KCFG, {"fisher": "sampled"}), Unstructured())
+
+
 def test_exact_diagonal_fisher_is_the_mean_squared_window_gradient():
     model = tiny_model("tiny_llama")
     adapter = adapter_for(model)
