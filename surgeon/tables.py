@@ -36,7 +36,7 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 def label(r: dict) -> str:
     """The row name: the method, plus what departs from its preset (ratio curve, prompt, N:M fill
-    and selection, K-FAC's output damping), so variants of one method get rows of their own."""
+    and selection, K-FAC's output damping and Fisher), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
@@ -50,6 +50,8 @@ def label(r: dict) -> str:
         tags.append("sequential N:M")
     if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:
         tags.append(f"damp_g {curv.get('damp_g')}")
+    if curv.get("fisher") in (True, "true"):  # `curvature.fisher=true` is stored as a boolean
+        tags.append("true Fisher")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
