@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from surgeon.config import CONF_DIR
+from surgeon.curvature.kfac import fisher_kind
 
 _KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
@@ -50,7 +51,7 @@ def label(r: dict) -> str:
         tags.append("sequential N:M")
     if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:
         tags.append(f"damp_g {curv.get('damp_g')}")
-    if curv.get("fisher") in (True, "true"):  # `curvature.fisher=true` is stored as a boolean
+    if curv.get("name") == "kfac" and fisher_kind(curv) == "true":  # stored as a YAML boolean
         tags.append("true Fisher")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
