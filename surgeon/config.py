@@ -19,6 +19,21 @@ def model_config(name: str) -> DictConfig:
     return OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
 
 
+FISHERS = ("empirical", "true")
+
+
+def fisher_kind(cfg) -> str:
+    """`curvature.fisher` as a name (here, not in the torch-importing curvature package, so the
+    table tools can read it cheaply). YAML reads a bare `true` (as in `curvature.fisher=true`) as a
+    boolean; compared with the string "true" it would silently give the empirical Fisher."""
+    value = cfg.get("fisher", "empirical")
+    if isinstance(value, bool):
+        value = "true" if value else "empirical"
+    if value not in FISHERS:
+        raise SurgeonError(f"curvature.fisher '{value}' is not one of {', '.join(FISHERS)}")
+    return value
+
+
 def check_overrides(argv: list[str]) -> None:
     """Unknown group options fail with one line (Hydra's own message spans a dozen)."""
     for arg in argv:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from surgeon.config import CONF_DIR
-from surgeon.curvature.kfac import fisher_kind
+from surgeon.config import CONF_DIR, fisher_kind
 
 _KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]

@@ -4,25 +4,12 @@ For a linear s = W a + b the Fisher of [W | b] is approximated per token as G (x
 A = E[a~ a~^T] (a~ = [a; 1] when there is a bias, so the bias is updated with the weights) and
 G = E[g g^T], g = dLoss/ds. Gradients come from a forward+backward pass of the whole model over
 the calibration windows: the empirical Fisher (true next tokens) by default, or the true Fisher
-(`curvature.fisher=true`: labels sampled from the model's own softmax).
+(`curvature.fisher=true`: labels sampled from the model's own softmax; the option is read by
+`surgeon.config.fisher_kind`, the engine samples the labels).
 """
 import torch
 
 from surgeon.curvature.base import Curvature
-from surgeon.errors import SurgeonError
-
-FISHERS = ("empirical", "true")
-
-
-def fisher_kind(cfg) -> str:
-    """`curvature.fisher` as a name. YAML reads a bare `true` (as in `curvature.fisher=true`) as a
-    boolean; compared with the string "true" it would silently give the empirical Fisher."""
-    value = cfg.get("fisher", "empirical")
-    if isinstance(value, bool):
-        value = "true" if value else "empirical"
-    if value not in FISHERS:
-        raise SurgeonError(f"curvature.fisher '{value}' is not one of {', '.join(FISHERS)}")
-    return value
 
 
 class KFAC(Curvature):

@@ -13,7 +13,7 @@ Any other combination is valid too (e.g. `method=llm_surgeon curvature=diagonal`
 import torch
 
 from surgeon import curvature as curvatures
-from surgeon.curvature.kfac import fisher_kind
+from surgeon.config import fisher_kind
 from surgeon.errors import SurgeonError
 from surgeon.method import batched_greedy
 from surgeon.method.obs import obs_prune
