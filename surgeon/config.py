@@ -1,9 +1,10 @@
-"""Config access and the checks that run before anything heavy is loaded."""
+"""Reading the config tree, with nothing heavy imported (a leaf module: tables and plots use it
+too): where conf/ is, the options of each group, the command-line check of group options, and
+readers of options whose YAML form needs care."""
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from surgeon.data import corpora
 from surgeon.errors import SurgeonError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -12,7 +13,8 @@ GROUPS = ("model", "calibration", "eval", "curvature", "structure", "schedule", 
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The group's options (a leading underscore marks a shared file, not an option)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def model_config(name: str) -> DictConfig:
@@ -23,9 +25,9 @@ FISHERS = ("empirical", "true")
 
 
 def fisher_kind(cfg) -> str:
-    """`curvature.fisher` as a name (here, not in the torch-importing curvature package, so the
-    table tools can read it cheaply). YAML reads a bare `true` (as in `curvature.fisher=true`) as a
-    boolean; compared with the string "true" it would silently give the empirical Fisher."""
+    """`curvature.fisher` as a name. YAML reads a bare `true` (as in `curvature.fisher=true`) as a
+    boolean; compared with the string "true" it would silently give the empirical Fisher. Also
+    reads the configs of older results.json, which may lack the key (then: empirical)."""
     value = cfg.get("fisher", "empirical")
     if isinstance(value, bool):
         value = "true" if value else "empirical"
@@ -43,38 +45,3 @@ def check_overrides(argv: list[str]) -> None:
         for option in value.split(","):
             if option and option not in ("null",) and option not in options(key):
                 raise SurgeonError(f"unknown {key} '{option}' (choose from: {', '.join(options(key))})")
-
-
-def check(cfg: DictConfig) -> None:
-    """Everything that can be checked without loading a model."""
-    from surgeon import model as models
-    from surgeon import schedule, structure
-    from surgeon.eval import zero_shot
-    from surgeon.method import TRAINED, Method
-
-    if cfg.get("compact", "auto") not in ("auto", True, False):
-        raise SurgeonError(f"compact must be auto, true or false, got {cfg.compact}")
-    if not 0.0 <= float(cfg.sparsity) < 1.0:
-        raise SurgeonError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
-    st = structure.build(cfg.structure)
-    if cfg.structure.name not in cfg.method.structures:
-        raise SurgeonError(f"method={cfg.method.name} cannot do structure={cfg.structure.name} "
-                           f"(it can: {', '.join(cfg.method.structures)})")
-    schedule.get(cfg.schedule.name)
-    if cfg.method.name in TRAINED:
-        TRAINED[cfg.method.name].check(cfg)
-        method = None
-    else:
-        method = Method(cfg.method, cfg.curvature, st)
-    if cfg.schedule.name == "incremental_ratio":
-        if method.is_global:
-            raise SurgeonError(f"schedule=incremental_ratio sets per-layer ratios; method={cfg.method.name} "
-                               "decides globally (use schedule=linear or one_shot)")
-        schedule.incremental_ratio.ratios(2, 0.5, cfg.schedule.curve)  # checks the curve name
-    models.check(cfg.model)
-    for name in [cfg.calibration.corpus, *cfg.eval.corpora]:
-        corpora.check(name)
-    zero_shot.check(cfg.eval)
-    for key in ("num_samples", "seq_len"):
-        if int(cfg.calibration[key]) < 1:
-            raise SurgeonError(f"calibration.{key} must be positive, got {cfg.calibration[key]}")

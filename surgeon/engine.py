@@ -1,19 +1,27 @@
-"""The layer-by-layer engine: only one decoder layer is on the accelerator at a time.
+"""The passes over the model that collect curvature statistics, one decoder layer on the
+accelerator at a time. The statistics objects (surgeon/curvature/) are fed here; what to decide
+from them is the method's (surgeon/method/prune.py).
 
-1. capture: run the model's trunk (embeddings, rotary tables, masks) on the calibration windows
-   with every decoder layer stubbed out, recording the inputs of layer 0 and the keyword
-   arguments each layer receives (masks and position embeddings differ between Gemma 3's sliding
-   and global layers, so each layer keeps its own).
-2. for each layer: feed the inputs through it once with hooks that accumulate each linear's
-   curvature statistics, prune, then feed them again so the *pruned* layer's outputs become the
-   next layer's inputs (errors of earlier layers are seen and compensated by later ones).
-This keeps a 70B model prunable on one GPU: the rest of the model stays on the CPU.
+capture: run the model's trunk (embeddings, rotary tables, masks) on the calibration windows with
+  every decoder layer stubbed out, recording the inputs of layer 0 and the keyword arguments each
+  layer receives (masks and position embeddings differ between Gemma 3's sliding and global
+  layers, so each layer keeps its own).
+sequential: for each layer, feed its inputs through it once with hooks that feed its statistics,
+  let the method prune it, then feed them again so the *pruned* layer's outputs become the next
+  layer's inputs (errors of earlier layers are seen and compensated by later ones).
+whole_model: statistics of every layer before any decision (a global threshold compares them all):
+  without gradients, layer by layer as above with nothing pruned; with gradients, forward +
+  backward passes of the model over each window.
+A statistics object serves the linears that read one input: its `add_batch` hooks the first of
+them, its `add_grad` each one's output.
 """
 import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
+
+from surgeon.model.placement import on_device
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +66,6 @@ def capture(adapter, windows: torch.Tensor, device: torch.device) -> Captured:
             return hidden_states
         return forward
 
-    trunk = _trunk(adapter)
-    for m in trunk:
-        m.to(device)
     for i, layer in enumerate(layers):
         layer.forward = stub(i)  # instance attribute: shadows the class method, keeps attributes
     try:
@@ -84,111 +89,103 @@ def forward_layer(layer, inputs: list[torch.Tensor], kwargs: dict) -> list[torch
     return outs
 
 
+def _feed(stats: dict, gradients: bool = False) -> list:
+    """Hooks that feed each distinct statistics object in `stats` (name -> object): the shared
+    input from its first linear, and (with gradients) every linear's output gradient."""
+    hooks = []
+    for curv in {id(c): c for c in stats.values()}.values():
+        first = next(iter(curv.linears.values()))
+        hooks.append(first.register_forward_hook(lambda mod, inp, out, c=curv: c.add_batch(inp[0].detach())))
+        if gradients:
+            for name, lin in curv.linears.items():
+                def grad_hook(mod, inp, out, c=curv, n=name):
+                    if out.requires_grad:
+                        out.register_hook(lambda g: c.add_grad(n, g.detach()))
+                hooks.append(lin.register_forward_hook(grad_hook))
+    return hooks
+
+
+def _remove(hooks) -> None:
+    for h in hooks:
+        h.remove()
+
+
 @torch.no_grad()
-def prune_layerwise(adapter, windows: torch.Tensor | None, method, sparsity: float | list[float],
-                    device: torch.device, offload: torch.device = torch.device("cpu")) -> list[dict]:
-    """Prunes every decoder layer to `sparsity` (or layer i to sparsity[i]) with `method`;
-    returns per-linear records."""
+def sequential(adapter, windows, device: torch.device, statistics, decide) -> list[dict]:
+    """Layer by layer: `statistics(i, layer)` -> {key: statistics object} to feed from the
+    layer's inputs (`windows` None: no data, nothing fed), then `decide(i, layer, stats)` prunes
+    it and returns its records, then its outputs are recomputed for the next layer."""
     layers = adapter.layers()
-    data = capture(adapter, windows, device) if method.needs_data else None
     records = []
-    for i, layer in enumerate(layers):
-        t0 = time.time()
-        layer.to(device)
-        linears = adapter.prunable_linears(layer)
-        curvs = {name: method.new_curvature(linears[name]) for name in method.measured(adapter, layer, linears)}
-        if data is not None:
-            hooks = [linears[name].register_forward_hook(lambda mod, inp, out, c=c: c.add_batch(inp[0]))
-                     for name, c in curvs.items()]
-            try:
-                forward_layer(layer, data.inputs, data.layer_kwargs[i])
-            finally:
-                for h in hooks:
-                    h.remove()
-        ratio = sparsity[i] if isinstance(sparsity, (list, tuple)) else sparsity  # per-layer schedules
-        records += method.prune_layer(adapter, layer, i, linears, curvs, ratio)
-        del curvs
-        if data is not None:
-            data.inputs = forward_layer(layer, data.inputs, data.layer_kwargs[i])
-        layer.to(offload)
-        log.info("layer %d/%d pruned in %.1fs", i + 1, len(layers), time.time() - t0)
-    if data is not None:
-        for m in _trunk(adapter):
-            m.to(offload)
+    with on_device(_trunk(adapter), device):
+        data = None if windows is None else capture(adapter, windows, device)
+        for i, layer in enumerate(layers):
+            t0 = time.time()
+            with on_device(layer, device):
+                stats = statistics(i, layer)
+                if data is not None:
+                    hooks = _feed(stats)
+                    try:
+                        forward_layer(layer, data.inputs, data.layer_kwargs[i])
+                    finally:
+                        _remove(hooks)
+                records += decide(i, layer, stats)
+                del stats
+                if data is not None:
+                    data.inputs = forward_layer(layer, data.inputs, data.layer_kwargs[i])
+            log.info("layer %d/%d pruned in %.1fs", i + 1, len(layers), time.time() - t0)
     return records
 
 
-def collect_full(adapter, windows: torch.Tensor, method, device: torch.device,
-                 seed: int = 0) -> tuple[dict, dict]:
-    """Statistics of every prunable linear at once, from passes of the whole model (one window
-    at a time). With gradients, each window runs forward + backward on the summed next-token
-    loss; parameters get no gradients (only activations do), which saves the weight-gradient
-    matmuls and their memory."""
-    from surgeon.curvature import needs_gradients
+def whole_model(adapter, windows, device: torch.device, statistics, gradients: bool,
+                labels: str = "empirical", seed: int = 0) -> dict:
+    """Statistics of every layer at once: {key: statistics object}. With
+    gradients, each window runs forward + backward on the summed next-token loss (`labels`:
+    the true next tokens, or - "true" - tokens sampled from the model's own softmax); parameters
+    get no gradients (only activations do), which saves the weight-gradient matmuls and their
+    memory. Without gradients, layer by layer, nothing pruned. `statistics(i, layer)` gives
+    layer i's objects, keyed as the result."""
+    stats = {}
 
-    grads = needs_gradients(method.curvature_cfg)
-    linears = {(i, name): lin for i, layer in enumerate(adapter.layers())
-               for name, lin in adapter.prunable_linears(layer).items()}
-    curvs = {key: method.new_curvature(lin) for key, lin in linears.items()}
+    def collect(i, layer):
+        layer_stats = statistics(i, layer)
+        stats.update(layer_stats)
+        return layer_stats
 
-    def hook(curv):
-        def fn(mod, inp, out):
-            curv.add_batch(inp[0].detach())
-            if grads and out.requires_grad:
-                out.register_hook(lambda g: curv.add_grad(g.detach()))
-        return fn
-
-    model = adapter.model.to(device)
-    hooks = [lin.register_forward_hook(hook(curvs[key])) for key, lin in linears.items()]
-    if grads:  # make activations differentiable without asking for parameter gradients
-        hooks.append(model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
+    if windows is None:  # no data: the objects only (their factors need none)
+        for i, layer in enumerate(adapter.layers()):
+            collect(i, layer)
+        return stats
+    if not gradients:
+        sequential(adapter, windows, device, collect, lambda i, layer, s: [])
+        return stats
+    for i, layer in enumerate(adapter.layers()):
+        collect(i, layer)
+    model = adapter.model
+    hooks = _feed(stats, gradients=True)
+    # make activations differentiable without asking for parameter gradients
+    hooks.append(model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in flags:
         p.requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(seed)
     try:
-        for w in (windows if method.needs_data else []):
-            w = w.unsqueeze(0).to(device)
-            if not grads:
-                with torch.no_grad():
-                    model(w, use_cache=False)
-                continue
-            with torch.enable_grad():
-                logits = model(w, use_cache=False).logits[:, :-1].float()
-                if method.fisher == "true":  # labels from the model's own predictive distribution
-                    with torch.no_grad():
-                        labels = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1,
-                                                   generator=gen).view(1, -1)
-                else:
-                    labels = w[:, 1:]
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                         labels.reshape(-1), reduction="sum")
-                loss.backward()
+        with on_device(model, device):
+            for w in windows:
+                w = w.unsqueeze(0).to(device)
+                with torch.enable_grad():
+                    logits = model(w, use_cache=False).logits[:, :-1].float()
+                    if labels == "true":  # labels from the model's own predictive distribution
+                        with torch.no_grad():
+                            targets = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1,
+                                                        generator=gen).view(1, -1)
+                    else:
+                        targets = w[:, 1:]
+                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             targets.reshape(-1), reduction="sum")
+                    loss.backward()
     finally:
-        for h in hooks:
-            h.remove()
+        _remove(hooks)
         for p, flag in flags.items():
             p.requires_grad_(flag)
-    return linears, curvs
-
-
-def prune(adapter, windows, method, sparsity: float, device: torch.device, seed: int = 0,
-          timings: dict | None = None) -> list[dict]:
-    """One pruning step to `sparsity`: layer by layer when every decision is local, otherwise
-    (global allocation, gradients, correlated updates) from whole-model statistics. `timings`
-    receives curvature_s and update_s where the two are separate passes."""
-    timings = {} if timings is None else timings
-    if not method.is_global:
-        return prune_layerwise(adapter, windows, method, sparsity, device)
-    from surgeon.method.global_step import prune_global
-
-    t = time.time()
-    linears, curvs = collect_full(adapter, windows, method, device, seed)
-    timings["curvature_s"] = time.time() - t
-    log.info("curvature of %d linears estimated in %.1fs", len(linears), timings["curvature_s"])
-    t = time.time()
-    records = prune_global(linears, curvs, method, sparsity)
-    timings["update_s"] = time.time() - t
-    log.info("costs, threshold and updates in %.1fs", timings["update_s"])
-    adapter.model.to("cpu")
-    return records
+    return stats

@@ -28,3 +28,22 @@ def tiny_model(name: str, vocab: int = 256):
 
 
 TINY = ["tiny_llama", "tiny_opt", "tiny_qwen2", "tiny_gemma3"]
+
+
+def method_cfg(**overrides):
+    """A method's options: the shared defaults (conf/method/_base.yaml) with `overrides`."""
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "method" / "_base.yaml"), overrides)
+
+
+def curvature_cfg(name: str, **overrides):
+    """`curvature=<name>`'s options (conf/curvature/<name>.yaml) with `overrides`."""
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "curvature" / f"{name}.yaml"), overrides)
+
+
+def prune(adapter, method, sparsity, windows=None, seed: int = 0, timings: dict | None = None) -> list[dict]:
+    """One step of `method` on the CPU, as a schedule's shot runs it."""
+    from surgeon.context import Context
+    from surgeon.tracking.wandb_logger import NoLogger
+
+    ctx = Context(adapter, None, windows, torch.device("cpu"), seed, None, NoLogger(), None)
+    return method.step(ctx, sparsity, seed, {} if timings is None else timings)

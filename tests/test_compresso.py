@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_model
 
 from surgeon import compact
-from surgeon.config import check
+from surgeon.plan import build as check
 from surgeon.data import instructions
 from surgeon.errors import SurgeonError
 from surgeon.eval.perplexity import perplexity

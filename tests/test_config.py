@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from surgeon import config
+from surgeon import config, plan
 from surgeon.errors import SurgeonError
 
 
@@ -34,7 +34,7 @@ def test_every_experiment_preset_composes(compose_cfg, preset):
     for job in itertools.product(*[[f"{k}={v}" for v in str(vs).split(",")] for k, vs in params.items()]):
         one = compose_cfg(f"+experiment={preset}", *job)
         if one.model.source != "hub":
-            config.check(one)
+            plan.build(one)
 
 
 def test_slurm_launcher_preset():
@@ -71,10 +71,34 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["method=llm_surgeon", "curvature.fisher=sampled"], "curvature.fisher 'sampled' is not one of empirical, true"),
     (["structure=nm", "structure.select=greedy"], "structure.select 'greedy' is not one of costs, sequential"),
     (["method=k_obd", "structure=nm", "structure.select=sequential"], "it needs method.update=correlated"),
+    (["method=wanda", "curvature.source=bogus"], "curvature.source 'bogus' is not one of activations, kfac, fisher"),
+    (["method=llm_surgeon", "curvature.store=nowhere"], "curvature.store 'nowhere' is not one of device, cpu, disk"),
+    (["method=slimgpt", "schedule.curve=bogus"], "schedule.curve 'bogus' is not one of log, linear, uniform"),
+    (["method=llm_surgeon", "curvature.damp_g=-1"], "curvature.damp_g must be >= 0, got -1"),
+    (["method=llm_surgeon", "method.max_correlate=-5"], "method.max_correlate must be >= 0"),
+    (["method=sparsegpt", "method.blocksize=0"], "method.blocksize must be positive, got 0"),
+    (["method=sparsegpt", "structure=nm", "structure.m=8", "method.blocksize=12"],
+     "method.blocksize 12 must be a multiple of the structure's group size 8"),
+    (["method.allocation=everywhere"], "method.allocation 'everywhere' is not one of layer, row, global"),
+    (["method=sparsegpt", "structure=nm", "schedule=incremental_ratio"], "structure=nm fixes every layer's sparsity"),
+    (["method=llm_surgeon", "schedule.shots=0"], "schedule.shots must be positive, got 0"),
+    (["method=llm_surgeon", "schedule.eval_every=-1"], "schedule.eval_every must be >= 0"),
+    (["method=llm_surgeon", "schedule.lora.rank=0"], "schedule.lora needs steps >= 0, rank >= 1 and lr > 0"),
+    (["method=slimgpt", "schedule.max_ratio=1.5"], "schedule.max_ratio must be in (0, 1]"),
+    (["eval.max_tokens=10"], "eval.max_tokens=10 is less than one window of eval.seq_len=2048 tokens"),
+    (["eval.corpora=[]"], "eval.corpora is empty"),
+    (["eval.batch_size=0"], "eval.seq_len must be >= 2 and eval.batch_size >= 1"),
+    (["eval.zero_shot.tasks=[piqa]", "eval.zero_shot.batch_size=0"], "eval.zero_shot.batch_size must be positive"),
+    (["device=tpu9"], "device 'tpu9' is not a device"),
+    (["threads=0"], "threads must be a positive count or null"),
+    (["latency.repeats=0"], "latency.repeats must be positive, got 0"),
+    (["save=maybe"], "save must be true or false, got maybe"),
+    (["logger.mode=loud"], "logger.mode 'loud' is not one of offline, online, disabled"),
+    (["method=compresso", "method.mixed_precision=fp8"], "method.mixed_precision must be no, fp16 or bf16"),
 ])
 def test_bad_config_errors(compose_cfg, overrides, message):
     with pytest.raises(SurgeonError, match=None) as err:
-        config.check(compose_cfg(*overrides))
+        plan.build(compose_cfg(*overrides))
     assert message in str(err.value)
 
 
@@ -90,9 +114,12 @@ def test_missing_asset_package_names_the_pip_command():
     ("model=nope", "error: unknown model 'nope' (choose from:"),
     ("method=nope", "error: unknown method 'nope' (choose from: compresso, k_obd, l_obd, llm_surgeon, magnitude,"),
     ("sparsity=1.2", "error: sparsity must be in [0, 1), got 1.2"),
+    ("method=wanda curvature.source=bogus", "error: curvature.source 'bogus' is not one of activations, kfac, fisher"),
+    ("method=llm_surgeon curvature.store=nowhere", "error: curvature.store 'nowhere' is not one of device, cpu, disk"),
+    ("method=slimgpt schedule.curve=bogus", "error: schedule.curve 'bogus' is not one of log, linear, uniform"),
 ])
 def test_command_line_errors_are_one_line(arg, message):
-    proc = subprocess.run([sys.executable, "-m", "surgeon.run", arg, "logger=none"],
+    proc = subprocess.run([sys.executable, "-m", "surgeon.run", *arg.split(), "logger=none"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -102,4 +129,4 @@ def test_command_line_errors_are_one_line(arg, message):
 def test_hub_model_offline_fails_fast(monkeypatch, compose_cfg):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SurgeonError, match="needs the Hugging Face hub.*offline models: smollm2_135m"):
-        config.check(compose_cfg("model=opt_125m"))
+        plan.build(compose_cfg("model=opt_125m"))

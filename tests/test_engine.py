@@ -1,13 +1,14 @@
-"""The layer-by-layer engine sees exactly what the full model computes, on every adapter."""
+"""The layer-by-layer engine sees exactly what the full model computes, on every adapter, and
+shares one statistics object between the linears that read one input."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from surgeon import engine
 from surgeon.method import Method
 from surgeon.model import adapter_for
+from surgeon.model.placement import on_device
 from surgeon.structure import NM, Unstructured
-from tests.conftest import TINY, tiny_model
+from tests.conftest import TINY, curvature_cfg, method_cfg, prune, tiny_model
 
 CPU = torch.device("cpu")
 
@@ -28,9 +29,9 @@ def test_layerwise_inputs_match_full_forward(name):
 
 
 METHODS = {
-    "magnitude": ({"allocation": "layer", "update": "none"}, {"name": "identity", "damp": 0.01}),
-    "wanda": ({"allocation": "row", "update": "none"}, {"name": "diagonal", "source": "activations", "damp": 0.01}),
-    "sparsegpt": ({"allocation": "layer", "update": "obs", "blocksize": 32}, {"name": "hessian", "damp": 0.01}),
+    "magnitude": (method_cfg(allocation="layer", update="none"), curvature_cfg("identity")),
+    "wanda": (method_cfg(allocation="row", update="none"), curvature_cfg("diagonal", damp=0.0)),
+    "sparsegpt": (method_cfg(allocation="layer", update="obs", blocksize=32), curvature_cfg("hessian")),
 }
 
 
@@ -40,12 +41,11 @@ METHODS = {
 def test_every_adapter_prunes_to_target(name, method, structure):
     model = tiny_model(name)
     adapter = adapter_for(model)
-    m_cfg, c_cfg = METHODS[method]
-    m = Method(OmegaConf.create(m_cfg), OmegaConf.create(c_cfg), structure)
+    m = Method(*METHODS[method], structure)
     windows = torch.randint(0, 256, (4, 32))
     with torch.no_grad():
         before = model(windows).logits
-    records = engine.prune_layerwise(adapter, windows, m, 0.5, CPU)
+    records = prune(adapter, m, 0.5, windows)
     # measured on the weights: every linear of every layer is at the target
     for layer in adapter.layers():
         for lin in adapter.prunable_linears(layer).values():
@@ -57,3 +57,43 @@ def test_every_adapter_prunes_to_target(name, method, structure):
     with torch.no_grad():
         after = model(windows).logits
     assert torch.isfinite(after).all() and not torch.allclose(before, after)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_opt"])
+def test_linears_reading_one_input_share_one_statistics_object(name):
+    """q/k/v (and gate/up) are fed once: one Hessian per input, equal to each linear's own."""
+    adapter = adapter_for(tiny_model(name))
+    m = Method(*METHODS["sparsegpt"], Unstructured())
+    layer = adapter.layers()[0]
+    stats = m.statistics(adapter, 0, layer)
+    groups = adapter.input_groups(layer)
+    assert len({id(c) for c in stats.values()}) == len(groups) == 4
+    for group in groups:
+        assert len({id(stats[(0, n)]) for n in group}) == 1
+    windows = torch.randint(0, 256, (2, 16))
+    seen = {}
+    hooks = [lin.register_forward_hook(lambda mod, inp, out, n=n: seen.setdefault(n, []).append(inp[0]))
+             for n, lin in adapter.prunable_linears(layer).items()]
+    engine.sequential(adapter, windows, CPU, lambda i, lay: m.statistics(adapter, i, lay) if i == 0 else {},
+                      lambda i, lay, s: stats.update(s) or [])
+    for h in hooks:
+        h.remove()
+    for group in groups:
+        for n in group:  # every member's own inputs give its group's H
+            X = torch.cat([x.reshape(-1, x.shape[-1]) for x in seen[n][:2]])
+            torch.testing.assert_close(stats[(0, n)].H, 2 * X.T @ X / len(X), rtol=1e-5, atol=1e-6)
+
+
+def test_on_device_sends_modules_home_even_when_the_work_fails():
+    moves = []
+
+    class Tracked(torch.nn.Linear):
+        def to(self, device):
+            moves.append(str(device))
+            return self
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with on_device([Tracked(2, 2), Tracked(2, 2)], torch.device("cuda")):
+            assert moves == ["cuda", "cuda"]
+            raise RuntimeError("boom")
+    assert moves == ["cuda", "cuda", "cpu", "cpu"]

@@ -2,19 +2,33 @@
 squares; the global threshold against brute force; a structured shot against its report."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from surgeon import engine
-from surgeon.curvature import KFAC
+from surgeon.curvature import KFAC, Kron
 from surgeon.errors import SurgeonError
-from surgeon.method import Method, allocation, kron
-from surgeon.method.global_step import prune_global
-from surgeon.method.obs import obs_prune
+from surgeon.method import Method
 from surgeon.model import adapter_for
 from surgeon.structure import NM, RowsCols, Unstructured
-from tests.conftest import tiny_model
+from surgeon.update import correlated as kron
+from surgeon.update.obs import obs_prune
+from tests.conftest import curvature_cfg, method_cfg, prune, tiny_model
 
-KCFG = OmegaConf.create({"name": "kfac", "damp": 0.0, "damp_g": 0.0, "damp_a": 0.0, "fisher": "empirical"})
+KCFG = curvature_cfg("kfac", damp=0.0, damp_g=0.0)
+CPU = torch.device("cpu")
+
+
+def _statistics(adapter, windows, method, seed=0):
+    """Every prunable linear's statistics from the whole-model pass, by (layer, name)."""
+    return engine.whole_model(adapter, windows, CPU, lambda i, layer: method.statistics(adapter, i, layer),
+                              method.gradients, method.backend.labels(method.curvature_cfg), seed)
+
+
+def _one_linear_shot(lin, factors, structure, sparsity, max_correlate=0):
+    """A correlated step on one linear: costs -> select -> remove, as a method composes them."""
+    W = lin.weight.data.float()
+    decision = structure.select([structure.costs(W, factors)], sparsity, "global")[0]
+    W, _ = structure.remove(W, decision, factors, "correlated", method_cfg(max_correlate=max_correlate), sparsity)
+    lin.weight.data.copy_(W)
 
 
 def _per_sample_grad(lin, x, label):
@@ -27,40 +41,40 @@ def test_kfac_of_one_sample_is_the_explicit_fisher():
     torch.manual_seed(0)
     lin = torch.nn.Linear(5, 3)
     x, label = torch.randn(5), torch.tensor(1)
-    curv = KFAC(lin, KCFG)
+    curv = KFAC({"w": lin}, KCFG)
     out = lin(x.unsqueeze(0))
-    out.register_hook(lambda g: curv.add_grad(g))
+    out.register_hook(lambda g: curv.add_grad("w", g))
     curv.add_batch(x.unsqueeze(0))
     torch.nn.functional.cross_entropy(out, label.view(1)).backward()
     g = _per_sample_grad(lin, x, label)  # vec([dW | db]) in row-major order
-    torch.testing.assert_close(torch.kron(curv.G, curv.A), torch.outer(g, g), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.kron(curv.G("w"), curv.A("w")), torch.outer(g, g), rtol=1e-5, atol=1e-7)
 
 
 def test_kfac_factors_are_expectations_over_samples():
     torch.manual_seed(1)
     lin = torch.nn.Linear(4, 3)
     X, labels = torch.randn(64, 4), torch.randint(0, 3, (64,))
-    curv = KFAC(lin, KCFG)
+    curv = KFAC({"w": lin}, KCFG)
     for chunk_x, chunk_y in zip(X.split(16), labels.split(16)):  # streamed in batches
         out = lin(chunk_x)
-        out.register_hook(lambda g: curv.add_grad(g))
+        out.register_hook(lambda g: curv.add_grad("w", g))
         curv.add_batch(chunk_x)
         torch.nn.functional.cross_entropy(out, chunk_y, reduction="sum").backward()
     grads = torch.stack([_per_sample_grad(lin, x, y) for x, y in zip(X, labels)]).view(64, 3, 5)
     a = torch.cat([X, torch.ones(64, 1)], 1)
     g = grads[:, :, -1]  # the bias gradient of a sample is its output gradient
-    torch.testing.assert_close(curv.A, a.T @ a / 64, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(curv.G, g.T @ g / 64, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(curv.A("w"), a.T @ a / 64, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(curv.G("w"), g.T @ g / 64, rtol=1e-5, atol=1e-7)
     # and each per-sample gradient is exactly g a^T: the Kronecker form holds per sample
     torch.testing.assert_close(grads, g.unsqueeze(2) * a.unsqueeze(1), rtol=1e-5, atol=1e-7)
 
 
-def test_collect_full_gradients_match_autograd():
+def test_whole_model_gradients_match_autograd():
     model = tiny_model("tiny_llama")
     adapter = adapter_for(model)
-    m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}), KCFG, Unstructured())
+    m = Method(method_cfg(allocation="global", update="correlated"), KCFG, Unstructured())
     windows = torch.randint(0, 256, (1, 24))
-    _, curvs = engine.collect_full(adapter, windows, m, torch.device("cpu"))
+    curvs = _statistics(adapter, windows, m)
     lin = adapter.layers()[1].mlp.down_proj
     saved = {}
 
@@ -73,7 +87,11 @@ def test_collect_full_gradients_match_autograd():
     torch.nn.functional.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1), reduction="sum").backward()
     g = saved["out"].grad.reshape(-1, lin.out_features)
     expected = g.T @ g / g.shape[0]
-    torch.testing.assert_close(curvs[(1, "mlp.down_proj")].G, expected, rtol=1e-3, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(curvs[(1, "mlp.down_proj")].G("mlp.down_proj"), expected, rtol=1e-3,
+                               atol=1e-5 * expected.abs().max().item())
+    # q/k/v read one input: one object, one A, and a G of each one's own
+    q, k = curvs[(1, "self_attn.q_proj")], curvs[(1, "self_attn.k_proj")]
+    assert q is k and q.G("self_attn.q_proj").shape != q.G("self_attn.k_proj").shape
 
 
 def _spd(n, seed):
@@ -107,21 +125,6 @@ def test_correlated_update_with_whole_layer_chunk_is_exact_least_squares():
     assert loss(chunked) >= loss(new) - 1e-10
 
 
-class _FixedKron:
-    """A curvature with given Kronecker factors and no damping, for one shot on one linear."""
-    bias = False
-    cfg = OmegaConf.create({"damp_g": 0.0, "damp_a": 0.0})
-
-    def __init__(self, G, A):
-        self.G, self.A = G, A
-
-    def fisher_diag(self):
-        return None
-
-    def damped_factors(self):
-        return self.G, self.A
-
-
 def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
     """Shot 2 of a multi-shot run: the weights shot 1 removed must stay zero *inside* the OBS
     solve, not be re-zeroed after it, so the result is the exact least-squares solution with
@@ -134,9 +137,7 @@ def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
     lin.weight.data.copy_(W)
     G, A = _spd(R, 3), _spd(C, 4)
     W = lin.weight.data.double()
-    method = Method(OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 0}),
-                    KCFG, Unstructured())
-    prune_global({(0, "w"): lin}, {(0, "w"): _FixedKron(G.float(), A.float())}, method, 0.4)
+    _one_linear_shot(lin, Kron(G.float(), A.float(), 0.0, 0.0), Unstructured(), 0.4)
     removed = (lin.weight.data == 0).flatten().nonzero().flatten()
     assert len(removed) == int(0.4 * R * C) and set(old.tolist()) <= set(removed.tolist())
     torch.testing.assert_close(lin.weight.data.double(), _exact_constrained(W, G, A, removed), rtol=1e-4, atol=1e-5)
@@ -168,12 +169,12 @@ def test_row_and_column_updates_are_exact(which):
         idx = torch.tensor([1, 3])
         new = kron.rows_update(W, torch.linalg.inv(G), idx, 0)
         Q = torch.cat([i * C + torch.arange(C) for i in idx])
-        cost = kron.row_costs(W, torch.linalg.inv(G), A)
+        cost = RowsCols().costs(W, Kron(G, A, 0.0, 0.0))[0]
     else:
         idx = torch.tensor([0, 2])
         new = kron.cols_update(W, torch.linalg.inv(A), idx, 0)
         Q = torch.cat([torch.arange(R) * C + i for i in idx])
-        cost = kron.col_costs(W, G, torch.linalg.inv(A))
+        cost = RowsCols().costs(W, Kron(G, A, 0.0, 0.0))[1]
     exact = _exact_constrained(W, G, A, Q)
     torch.testing.assert_close(new, exact, rtol=1e-8, atol=1e-10)
     # the cost of one structure is the loss its removal causes: 1/2 dw^T F dw
@@ -189,7 +190,7 @@ def test_rows_cols_threshold_counts_overlap_once_and_matches_brute_force():
     rc = [(torch.rand(R), torch.rand(C)) for R, C in shapes]
     total = sum(R * C for R, C in shapes)
     for sparsity in (0.2, 0.5, 0.8):
-        picked = allocation.rows_cols([r for r, _ in rc], [c for _, c in rc], sparsity, "global")
+        picked = RowsCols().select(rc, sparsity, "global")
         removed = sum(len(r) * C + len(c) * R - len(r) * len(c) for (r, c), (R, C) in zip(picked, shapes))
         # brute force over all thresholds: the largest feasible one
         best = 0
@@ -203,7 +204,7 @@ def test_rows_cols_threshold_counts_overlap_once_and_matches_brute_force():
 
 def test_global_nm_groups_are_all_or_nothing():
     costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
-    masks = allocation.nm_groups(costs, 0.25, NM(2, 4, "groups"), "global")
+    masks = NM(2, 4, "groups").select(costs, 0.25, "global")
     per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
     assert set(per_group.tolist()) <= {0, 2}
     assert per_group.sum().item() == int(0.5 * per_group.numel()) * 2
@@ -211,7 +212,7 @@ def test_global_nm_groups_are_all_or_nothing():
 
 def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern():
     costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
-    masks = allocation.nm_groups(costs, 0.3, NM(2, 4, "elements"), "global")
+    masks = NM(2, 4, "elements").select(costs, 0.3, "global")
     per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
     assert per_group.max() <= 2 and per_group.sum() == int(0.3 * per_group.numel() * 4)
     assert set(per_group.tolist()) == {0, 1, 2}  # single weights, not whole groups
@@ -219,8 +220,7 @@ def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern
         rank = c.reshape(-1, 4).argsort(1).argsort(1)
         assert (rank[mask.reshape(-1, 4)] < 2).all()
     # next shot: the removed weights now cost 0; at the pattern every group is completed
-    final = allocation.nm_groups([c.masked_fill(m, 0.0) for c, m in zip(costs, masks)], 0.5,
-                                 NM(2, 4, "elements"), "global")
+    final = NM(2, 4, "elements").select([c.masked_fill(m, 0.0) for c, m in zip(costs, masks)], 0.5, "global")
     for m, f in zip(masks, final):
         assert (f.reshape(-1, 4).sum(1) == 2).all() and (f | ~m).all()
 
@@ -240,13 +240,11 @@ def test_sequential_nm_completion_takes_sparsegpts_masks_and_solves_them_exactly
     lin.weight.data.copy_(W)
     W = lin.weight.data.double()
     G, A = _spd(R, 5), _spd(C, 6)
-    method = Method(OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": 0}),
-                    KCFG, NM(2, 4, select="sequential"))
-    prune_global({(0, "w"): lin}, {(0, "w"): _FixedKron(G.float(), A.float())}, method, 0.5)
+    _one_linear_shot(lin, Kron(G.float(), A.float(), 0.0, 0.0), NM(2, 4, select="sequential"), 0.5)
     removed = lin.weight.data == 0
     expected = obs_prune(W, torch.linalg.inv(A), NM(2, 4), 0.5, keep=W == 0)[1]
     assert torch.equal(removed, expected) and removed[0, 1] and removed[3, 6]
-    static = NM(2, 4).select((W ** 2 / torch.diag(torch.linalg.inv(A))).masked_fill(W == 0, -1.0))
+    static = NM(2, 4).select([(W ** 2 / torch.diag(torch.linalg.inv(A))).masked_fill(W == 0, -1.0)], 0.5, "layer")[0]
     assert not torch.equal(removed, static)  # the order matters here
     assert (removed.reshape(R, -1, 4).sum(2) == 2).all()
     exact = _exact_constrained(W, G, A, removed.flatten().nonzero().flatten())
@@ -261,6 +259,7 @@ def test_nm_select_must_be_known():
 def test_structured_shot_zeroes_exactly_what_it_reports():
     adapter, linears, records = _surgeon_shot("tiny_opt", RowsCols(), 0.4, max_correlate=16)
     removed = 0
+    assert [(r["layer"], r["name"]) for r in records] == list(linears)
     for rec, lin in zip(records, linears.values()):
         W = lin.weight
         assert int((W == 0).all(1).sum()) == rec["rows_removed"]
@@ -275,10 +274,11 @@ def test_structured_shot_zeroes_exactly_what_it_reports():
 
 def _surgeon_shot(model_name, structure, sparsity, max_correlate=64):
     adapter = adapter_for(tiny_model(model_name))
-    cfg = OmegaConf.create({"allocation": "global", "update": "correlated", "max_correlate": max_correlate})
-    m = Method(cfg, OmegaConf.merge(KCFG, {"damp_g": 0.1, "damp_a": 0.01}), structure)
-    linears, curvs = engine.collect_full(adapter, torch.randint(0, 256, (2, 24)), m, torch.device("cpu"))
-    return adapter, linears, prune_global(linears, curvs, m, sparsity)
+    m = Method(method_cfg(allocation="global", update="correlated", max_correlate=max_correlate),
+               curvature_cfg("kfac", damp_g=0.1, damp=0.01), structure)
+    linears = {(i, name): lin for i, layer in enumerate(adapter.layers())
+               for name, lin in adapter.prunable_linears(layer).items()}
+    return adapter, linears, prune(adapter, m, sparsity, torch.randint(0, 256, (2, 24)))
 
 
 def test_global_unstructured_shot_hits_budget_across_layers():
@@ -302,13 +302,13 @@ def test_factors_streamed_to_cpu_or_disk_equal_the_device_ones(store):
     windows = torch.randint(0, 256, (3, 16))
     got = {}
     for s in ("device", store):
-        m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
-                   OmegaConf.merge(KCFG, {"store": s}), Unstructured())
-        _, got[s] = engine.collect_full(adapter, windows, m, torch.device("cpu"))
-    key = (1, "mlp.up_proj")
-    assert got[store][key].G_sum.is_shared() == (store == "disk")  # a memory-mapped file
-    for a, b in zip(got["device"][key].factors(), got[store][key].factors()):
-        torch.testing.assert_close(a, b)
+        m = Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac", store=s),
+                   Unstructured())
+        got[s] = _statistics(adapter, windows, m)
+    key, name = (1, "mlp.up_proj"), "mlp.up_proj"
+    assert got[store][key].G_sum[name].is_shared() == (store == "disk")  # a memory-mapped file
+    torch.testing.assert_close(got["device"][key].G(name), got[store][key].G(name))
+    torch.testing.assert_close(got["device"][key].A(name), got[store][key].A(name))
 
 
 def test_true_fisher_converges_to_the_expected_outer_product_under_the_models_predictions():
@@ -335,10 +335,10 @@ def test_true_fisher_converges_to_the_expected_outer_product_under_the_models_pr
     exact = exact / window.shape[1]  # per position, as G is (the last one has no label)
 
     def error(fisher, repeats):
-        m = Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
-                   OmegaConf.merge(KCFG, {"fisher": fisher}), Unstructured())
-        _, curvs = engine.collect_full(adapter, window.repeat(repeats, 1), m, torch.device("cpu"))
-        return ((curvs[(last, "mlp.down_proj")].G - exact).norm() / exact.norm()).item()
+        m = Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac", fisher=fisher),
+                   Unstructured())
+        curvs = _statistics(adapter, window.repeat(repeats, 1), m)
+        return ((curvs[(last, "mlp.down_proj")].G("mlp.down_proj") - exact).norm() / exact.norm()).item()
 
     few, many = error(True, 50), error(True, 200)
     assert many < 0.25 and many < 0.6 * few
@@ -347,17 +347,17 @@ def test_true_fisher_converges_to_the_expected_outer_product_under_the_models_pr
 
 def test_fisher_must_be_known():
     with pytest.raises(SurgeonError, match="curvature.fisher 'sampled' is not one of empirical, true"):
-        Method(OmegaConf.create({"allocation": "global", "update": "correlated"}),
-               OmegaConf.merge(KCFG, {"fisher": "sampled"}), Unstructured())
+        Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac", fisher="sampled"),
+               Unstructured())
 
 
 def test_exact_diagonal_fisher_is_the_mean_squared_window_gradient():
     model = tiny_model("tiny_llama")
     adapter = adapter_for(model)
     windows = torch.randint(0, 256, (3, 16))
-    cfg = OmegaConf.create({"name": "diagonal", "source": "fisher", "damp": 0.01, "damp_g": 0.01})
-    m = Method(OmegaConf.create({"allocation": "global", "update": "none"}), cfg, Unstructured())
-    _, curvs = engine.collect_full(adapter, windows, m, torch.device("cpu"))
+    m = Method(method_cfg(allocation="global", update="none"), curvature_cfg("diagonal", source="fisher"),
+               Unstructured())
+    curvs = _statistics(adapter, windows, m)
     lin = adapter.layers()[0].self_attn.k_proj
     expected = torch.zeros_like(lin.weight)
     for w in windows:  # brute force: each window's weight gradient from autograd, squared
@@ -365,17 +365,19 @@ def test_exact_diagonal_fisher_is_the_mean_squared_window_gradient():
         logits = model(w.unsqueeze(0)).logits[0, :-1]
         torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").backward()
         expected += lin.weight.grad ** 2 / len(windows)
-    torch.testing.assert_close(curvs[(0, "self_attn.k_proj")].fisher_diag(), expected,
+    torch.testing.assert_close(curvs[(0, "self_attn.k_proj")].factors("self_attn.k_proj").exact, expected,
                                rtol=1e-3, atol=1e-6 * expected.max().item())
 
 
 def test_exact_diagonal_fisher_refuses_weight_updates():
-    cfg = OmegaConf.create({"name": "diagonal", "source": "fisher", "damp": 0.01})
     with pytest.raises(SurgeonError, match="exact diagonal without Kronecker factors"):
-        Method(OmegaConf.create({"allocation": "global", "update": "correlated"}), cfg, Unstructured())
+        Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("diagonal", source="fisher"),
+               Unstructured())
 
 
 def test_lora_correction_between_shots_lowers_loss_and_keeps_the_zeros():
+    from omegaconf import OmegaConf
+
     from surgeon.schedule.lora import correct
 
     adapter, linears, _ = _surgeon_shot("tiny_llama", Unstructured(), 0.5)
@@ -383,8 +385,7 @@ def test_lora_correction_between_shots_lowers_loss_and_keeps_the_zeros():
     windows = torch.randint(0, 256, (2, 24))
     zeros = {k: lin.weight == 0 for k, lin in linears.items()}
     before = {k: lin.weight.detach().clone() for k, lin in linears.items()}
-    losses = correct(adapter, windows, OmegaConf.create({"rank": 4, "alpha": 8, "lr": 1e-2, "steps": 25}),
-                     torch.device("cpu"))
+    losses = correct(adapter, windows, OmegaConf.create({"rank": 4, "alpha": 8, "lr": 1e-2, "steps": 25}), CPU)
     assert losses[-1] < losses[0]
     for k, lin in linears.items():
         assert isinstance(lin, torch.nn.Linear) and type(lin) is torch.nn.Linear  # LoRA merged and gone

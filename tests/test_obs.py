@@ -1,10 +1,10 @@
 """SparseGPT's OBS update against brute-force least squares and against the simpler methods."""
 import torch
-from omegaconf import OmegaConf
 
 from surgeon.curvature import Diagonal, Hessian, Identity
-from surgeon.method.obs import obs_prune
-from surgeon.structure import NM, Unstructured
+from surgeon.structure import NM, Target, Unstructured
+from surgeon.update.obs import obs_prune
+from tests.conftest import curvature_cfg, method_cfg
 
 
 def correlated_inputs(n_in, tokens, seed=0):
@@ -44,17 +44,17 @@ def _reconstruction_errors(structure, sparsity):
     torch.manual_seed(1)
     X = correlated_inputs(128, 2048)
     lin = torch.nn.Linear(128, 64, bias=False)
-    cfg = OmegaConf.create({"damp": 0.01, "source": "activations"})
     errors = {}
-    for name, cls, scope in [("magnitude", Identity, "layer"), ("wanda", Diagonal, "row"),
-                             ("sparsegpt", Hessian, "layer")]:
-        curv = cls(lin, cfg)
+    for name, cls, cfg, scope in [("magnitude", Identity, curvature_cfg("identity"), "layer"),
+                                  ("wanda", Diagonal, curvature_cfg("diagonal", damp=0.0), "row"),
+                                  ("sparsegpt", Hessian, curvature_cfg("hessian"), "layer")]:
+        curv = cls({"w": lin}, cfg)
         curv.add_batch(X)
-        W = lin.weight.data.clone()
+        kron, W = curv.factors("w"), lin.weight.data.clone()
         if name == "sparsegpt":
-            new, _ = obs_prune(W, curv.inverse(W.clone()), structure, sparsity, scope)
+            new, _ = obs_prune(W, kron.Ainv(W), structure, sparsity, scope)
         else:
-            new = W.masked_fill(structure.select(curv.element_costs(W), sparsity, scope), 0)
+            new = W.masked_fill(structure.select([structure.costs(W, kron)], sparsity, scope)[0], 0)
         assert abs((new == 0).float().mean().item() - structure.target(sparsity)) < 0.02
         errors[name] = ((X @ W.T - X @ new.T) ** 2).sum().sqrt().item()
     return errors
@@ -72,21 +72,47 @@ def test_sparsegpt_reconstructs_best_2_4():
 
 def test_hessian_accumulates_running_mean():
     lin = torch.nn.Linear(8, 4)
-    curv = Hessian(lin, OmegaConf.create({"damp": 0.0}))
+    curv = Hessian({"w": lin}, curvature_cfg("hessian", damp=0.0))
     X = torch.randn(3, 50, 8)
     for b in X:
         curv.add_batch(b)
     flat = X.reshape(-1, 8)
-    torch.testing.assert_close(curv.matrix(), 2 * flat.T @ flat / 150, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(curv.H, 2 * flat.T @ flat / 150, rtol=1e-5, atol=1e-5)
 
 
 def test_singular_hessian_never_nan():
     lin = torch.nn.Linear(6, 3)
-    curv = Hessian(lin, OmegaConf.create({"damp": 0.0}))
+    curv = Hessian({"w": lin}, curvature_cfg("hessian", damp=0.0))
     x = torch.randn(100, 6)
     x[:, 2] = 0          # dead input
     x[:, 4] = x[:, 3]    # exactly collinear inputs: singular H without damping
     curv.add_batch(x)
-    W = lin.weight.data.clone()
-    new, _ = obs_prune(W, curv.inverse(W), Unstructured(), 0.5, blocksize=2)
-    assert torch.isfinite(new).all() and (W[:, 2] == 0).all()
+    lin.weight.data[:, 3] = 1.0
+    Unstructured().solve([Target(0, "w", lin)], lambda t: curv.factors("w"), 0.5,
+                         method_cfg(allocation="layer", blocksize=2), "obs")
+    W = lin.weight.data
+    assert torch.isfinite(W).all() and (W[:, 2] == 0).all()  # a dead input's weights go first, for free
+    assert int((W == 0).sum()) == 9
+
+
+def test_one_cost_formula_gives_each_methods_saliency():
+    """1/2 w^2 / ([G^-1]_rr [A^-1]_cc) is magnitude for F = I, Wanda's |w| ||x|| (squared) for the
+    undamped activation diagonal, SparseGPT's w^2 / [H^-1]_cc for the layer Hessian, and
+    K-OBD's w^2 g_r a_c for diagonal K-FAC factors."""
+    torch.manual_seed(0)
+    lin, X = torch.nn.Linear(16, 4, bias=False), correlated_inputs(16, 300)
+    W, costs = lin.weight.data, Unstructured().costs
+    curv = Identity({"w": lin}, curvature_cfg("identity"))
+    torch.testing.assert_close(costs(W, curv.factors("w")), 0.5 * W ** 2)
+    curv = Diagonal({"w": lin}, curvature_cfg("diagonal", damp=0.0))
+    curv.add_batch(X)
+    torch.testing.assert_close(costs(W, curv.factors("w")), 0.5 * (W.abs() * X.norm(dim=0)) ** 2 / len(X))
+    curv = Hessian({"w": lin}, curvature_cfg("hessian", damp=0.0))
+    curv.add_batch(X)
+    Hinv = torch.linalg.inv(2 * X.T @ X / len(X))
+    torch.testing.assert_close(costs(W, curv.factors("w")), 0.5 * W ** 2 / torch.diag(Hinv), rtol=1e-3, atol=1e-6)
+    from surgeon.curvature.kron import Kron
+
+    g, a = torch.rand(4) + 0.1, torch.rand(16) + 0.1
+    torch.testing.assert_close(costs(W, Kron(g, a, 0.0, 0.0)), 0.5 * W ** 2 * torch.outer(g, a))
+    torch.testing.assert_close(costs(W, Kron(torch.diag(g), torch.diag(a), 0.0, 0.0)), 0.5 * W ** 2 * torch.outer(g, a))

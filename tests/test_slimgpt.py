@@ -3,17 +3,15 @@ against explicit ones, incremental ratios, and compaction: compacted logits == m
 save / reload round trips, on tiny Llama (GQA), Qwen2 (q/k/v biases), OPT and Gemma 3."""
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from surgeon import compact, engine
-from surgeon.curvature.grouped_cholesky import group_costs
+from surgeon import compact
 from surgeon.errors import SurgeonError
 from surgeon.method import Method
-from surgeon.method.batched_greedy import batched_greedy, constant, shrinking
 from surgeon.model import adapter_for
 from surgeon.schedule.incremental_ratio import ratios
 from surgeon.structure import HeadsNeurons
-from tests.conftest import TINY, tiny_model
+from surgeon.update.obs import batched_greedy, constant, group_costs, shrinking
+from tests.conftest import TINY, curvature_cfg, method_cfg, prune, tiny_model
 
 
 def _problem(rows=6, cols=12, tokens=80, seed=0):
@@ -85,10 +83,9 @@ def test_incremental_ratios_rise_and_average_to_target():
 def _slim(model_name, ratios_, update="obs"):
     model = tiny_model(model_name).eval()
     adapter = adapter_for(model)
-    cfg = OmegaConf.create({"allocation": "layer", "update": update, "head_batch": 1,
-                            "ffn_group_size": 16, "ffn_min_group_size": 4})
-    m = Method(cfg, OmegaConf.create({"name": "grouped_cholesky", "damp": 0.01}), HeadsNeurons())
-    records = engine.prune_layerwise(adapter, torch.randint(0, 256, (4, 32)), m, ratios_, torch.device("cpu"))
+    cfg = method_cfg(allocation="layer", update=update, head_batch=1, ffn_group_size=16, ffn_min_group_size=4)
+    m = Method(cfg, curvature_cfg("grouped_cholesky"), HeadsNeurons())
+    records = prune(adapter, m, ratios_, torch.randint(0, 256, (4, 32)))
     return model, adapter, records
 
 
@@ -136,5 +133,4 @@ def test_structured_baselines_share_the_budget_and_leave_weights_unchanged():
         dead = (o == 0).all(0)
         assert dead.any()  # whole columns removed, the others as they were
     with pytest.raises(SurgeonError, match="heads_neurons is pruned layer by layer"):
-        Method(OmegaConf.create({"allocation": "global", "update": "none"}),
-               OmegaConf.create({"name": "hessian", "damp": 0.01}), HeadsNeurons())
+        Method(method_cfg(allocation="global", update="none"), curvature_cfg("hessian"), HeadsNeurons())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from surgeon.config import check
+from surgeon.plan import build as check
 from surgeon.errors import SurgeonError
 from surgeon.eval import zero_shot
 from surgeon.model.load import load_tokenizer

@@ -1,16 +1,22 @@
 """`curvature=hessian`: the layer-wise Hessian of OBS / SparseGPT, H = (2/n) sum_t x_t x_t^T.
 
 It is the exact Hessian of the layer's reconstruction error ||W X - W' X||^2 / n, so OBS updates
-built on it are the least-squares optimal corrections of the remaining weights.
+built on it are the least-squares optimal corrections of the remaining weights. As Kronecker
+factors: G = I, A = H, damped by `damp` x mean(diag H). q/k/v (and gate/up) share one H.
 """
 import torch
 
-from surgeon.curvature.base import Curvature
+from surgeon.curvature.base import Curvature, non_negative
+from surgeon.curvature.kron import Kron
 
 
 class Hessian(Curvature):
-    def __init__(self, linear, cfg):
-        super().__init__(linear, cfg)
+    @classmethod
+    def check(cls, cfg):
+        non_negative(cfg, "damp")
+
+    def __init__(self, linears, cfg):
+        super().__init__(linears, cfg)
         self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
 
     def add_batch(self, inp):
@@ -22,5 +28,5 @@ class Hessian(Curvature):
         x = x * (2.0 / self.tokens) ** 0.5
         self.H += x.T @ x
 
-    def matrix(self):
-        return self.H
+    def factors(self, name):
+        return Kron(None, self.H, 0.0, float(self.cfg.damp))

@@ -2,29 +2,41 @@
 
 For a linear s = W a + b the Fisher of [W | b] is approximated per token as G (x) A with
 A = E[a~ a~^T] (a~ = [a; 1] when there is a bias, so the bias is updated with the weights) and
-G = E[g g^T], g = dLoss/ds. Gradients come from a forward+backward pass of the whole model over
-the calibration windows: the empirical Fisher (true next tokens) by default, or the true Fisher
-(`curvature.fisher=true`: labels sampled from the model's own softmax; the option is read by
-`surgeon.config.fisher_kind`, the engine samples the labels).
+G = E[g g^T], g = dLoss/ds. q/k/v (gate/up) read one input and share one A; G is per linear.
+Gradients come from a forward+backward pass of the whole model over the calibration windows:
+the empirical Fisher (true next tokens) by default, or the true Fisher (`fisher: true`: labels
+sampled from the model's own softmax). `damp` damps A, `damp_g` damps G, relative to their mean.
 """
 import torch
 
-from surgeon.curvature.base import Curvature
+from surgeon.config import fisher_kind
+from surgeon.curvature.base import STORES, Curvature, non_negative, one_of
+from surgeon.curvature.kron import Kron
 
 
 class KFAC(Curvature):
     @classmethod
+    def check(cls, cfg):
+        one_of(cfg, "store", STORES)
+        non_negative(cfg, "damp", "damp_g")
+        fisher_kind(cfg)
+
+    @classmethod
+    def labels(cls, cfg) -> str:
+        return fisher_kind(cfg)
+
+    @classmethod
     def uses_gradients(cls, cfg) -> bool:
         return True
 
-    def __init__(self, linear, cfg):
-        super().__init__(linear, cfg)
-        self.bias = linear.bias is not None
+    def __init__(self, linears, cfg):
+        super().__init__(linears, cfg)
+        self.bias = any(lin.bias is not None for lin in linears.values())
         n_in = self.in_features + int(self.bias)
         # sums, not running means: one add per micro-batch, however far away the store is
         self.A_sum = self.buffer(n_in, n_in)
-        self.G_sum = self.buffer(self.out_features, self.out_features)
-        self.grad_tokens = 0
+        self.G_sum = {n: self.buffer(lin.out_features, lin.out_features) for n, lin in linears.items()}
+        self.grad_tokens = dict.fromkeys(linears, 0)
 
     def add_batch(self, inp):
         a = self.flat(inp)
@@ -33,23 +45,21 @@ class KFAC(Curvature):
         self.A_sum.add_((a.T @ a).to(self.A_sum.device))
         self.tokens += a.shape[0]
 
-    def add_grad(self, grad_out):
+    def add_grad(self, name, grad_out):
         g = self.flat(grad_out)
-        self.G_sum.add_((g.T @ g).to(self.G_sum.device))
-        self.grad_tokens += g.shape[0]
+        self.G_sum[name].add_((g.T @ g).to(self.G_sum[name].device))
+        self.grad_tokens[name] += g.shape[0]
 
-    @property
-    def A(self) -> torch.Tensor:
-        """E[a a^T] over calibration tokens, on the linear's device."""
-        return self.A_sum.to(self.device) / max(self.tokens, 1)
+    def A(self, name: str) -> torch.Tensor:
+        """E[a a^T] over calibration tokens (bias row/column last if `name` has a bias)."""
+        A = self.A_sum.to(self.device) / max(self.tokens, 1)
+        n = self.in_features + int(self.linears[name].bias is not None)
+        return A[:n, :n]
 
-    @property
-    def G(self) -> torch.Tensor:
-        """E[g g^T] over calibration tokens (g: loss gradient of the linear's output)."""
-        return self.G_sum.to(self.device) / max(self.grad_tokens, 1)
+    def G(self, name: str) -> torch.Tensor:
+        """E[g g^T] over calibration tokens (g: loss gradient of `name`'s output)."""
+        return self.G_sum[name].to(self.device) / max(self.grad_tokens[name], 1)
 
-    def matrix(self):
-        return self.A[: self.in_features, : self.in_features]
-
-    def factors(self):
-        return self.G, self.A
+    def factors(self, name):
+        return Kron(self.G(name), self.A(name), float(self.cfg.damp_g), float(self.cfg.damp),
+                    bias=self.linears[name].bias is not None)

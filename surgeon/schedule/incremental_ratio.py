@@ -2,20 +2,17 @@
 see how an early layer's error grows through the layers after it, so early layers are pruned
 less and deep ones more: r_i = a + b f(i / (L-1)) with f rising from 0 to 1 (log: log(1 +
 (e-1) x), linear: x, uniform: 0), b = spread * target, a chosen so the mean is the target;
-ratios are kept within [0, max_ratio] and the mean restored."""
+ratios are kept within [0, max_ratio] and the mean restored. One shot; layer-wise methods only."""
 import math
-import time
 
-from surgeon.engine import prune
 from surgeon.errors import SurgeonError
+from surgeon.schedule.base import Schedule
 
 CURVES = {"log": lambda x: math.log1p((math.e - 1) * x), "linear": lambda x: x, "uniform": lambda x: 0.0}
 
 
 def ratios(n_layers: int, target: float, curve: str = "log", spread: float = 1.0,
            max_ratio: float = 0.9) -> list[float]:
-    if curve not in CURVES:
-        raise SurgeonError(f"schedule.curve '{curve}' is not one of {', '.join(CURVES)}")
     f = [CURVES[curve](i / max(1, n_layers - 1)) for i in range(n_layers)]
     mean_f = sum(f) / n_layers
     r = [target + spread * target * (fi - mean_f) for fi in f]
@@ -30,12 +27,17 @@ def ratios(n_layers: int, target: float, curve: str = "log", spread: float = 1.0
     return r
 
 
-def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    """Layer-wise methods only: config.check refuses global ones before anything is loaded."""
-    s = cfg.schedule
-    per_layer = ratios(len(adapter.layers()), sparsity, s.curve, float(s.spread), float(s.max_ratio))
-    start = time.time()
-    records = prune(adapter, windows, method, per_layer, device, seed=int(cfg.seed))
-    if on_shot:
-        on_shot(1, sparsity, {"prune_s": time.time() - start, "layer_ratios": per_layer})
-    return records
+class IncrementalRatio(Schedule):
+    per_layer = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.curve not in CURVES:
+            raise SurgeonError(f"schedule.curve '{cfg.curve}' is not one of {', '.join(CURVES)}")
+        if float(cfg.spread) < 0:
+            raise SurgeonError(f"schedule.spread must be >= 0, got {cfg.spread}")
+        if not 0 < float(cfg.max_ratio) <= 1:
+            raise SurgeonError(f"schedule.max_ratio must be in (0, 1], got {cfg.max_ratio}")
+
+    def targets(self, sparsity, n_layers):
+        return [ratios(n_layers, sparsity, self.cfg.curve, float(self.cfg.spread), float(self.cfg.max_ratio))]

@@ -3,28 +3,24 @@ with the curvature re-estimated on the partly pruned model before every shot, so
 see (and correct) what earlier ones did. Perplexity can be measured after each shot, which also
 gives the intermediate sizes of one run (a 50% run over 40 shots passes 90%, 80%, ... of the
 dense size). `schedule.lora.steps>0` interleaves a LoRA correction after every shot (lora.py)."""
-import time
+from surgeon.errors import SurgeonError
+from surgeon.schedule.base import Schedule
 
-from surgeon.engine import prune
 
+class Linear(Schedule):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        lora = cfg.lora
+        if int(lora.steps) < 0 or int(lora.rank) < 1 or float(lora.lr) <= 0:
+            raise SurgeonError(f"schedule.lora needs steps >= 0, rank >= 1 and lr > 0, got {dict(lora)}")
 
-def run_shots(adapter, windows, method, sparsity, device, cfg, shots: int, on_shot=None):
-    records = []
-    for t in range(1, shots + 1):
-        target = t * sparsity / shots
-        timings = {}
-        start = time.time()
-        records = prune(adapter, windows, method, target, device, seed=int(cfg.seed) + t - 1, timings=timings)
-        lora_cfg = cfg.schedule.get("lora")
-        if lora_cfg and int(lora_cfg.steps) > 0 and windows is not None:
+    def targets(self, sparsity, n_layers):
+        shots = int(self.cfg.shots)
+        return [t * sparsity / shots for t in range(1, shots + 1)]
+
+    def between_shots(self, ctx, shot, timings):
+        if int(self.cfg.lora.steps) > 0 and ctx.windows is not None:
             from surgeon.schedule.lora import correct
 
-            losses = correct(adapter, windows, lora_cfg, device, seed=int(cfg.seed) + t)
+            losses = correct(ctx.adapter, ctx.windows, self.cfg.lora, ctx.device, seed=ctx.seed + shot)
             timings["lora_loss"] = [losses[0], losses[-1]]
-        if on_shot:
-            on_shot(t, target, {"prune_s": time.time() - start, **timings})
-    return records
-
-
-def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    return run_shots(adapter, windows, method, sparsity, device, cfg, int(cfg.schedule.shots), on_shot)

@@ -1,7 +1,9 @@
-"""`schedule=one_shot`: the whole target in one step (SparseGPT, Wanda); `schedule.shots` is
-ignored."""
-from surgeon.schedule.linear import run_shots
+"""`schedule=one_shot`: the whole target in one step (SparseGPT, Wanda). `shots` and
+`eval_every` exist so that sweeps mixing one-shot and multi-shot methods can set them for all of
+them; one_shot prunes once."""
+from surgeon.schedule.base import Schedule
 
 
-def run(adapter, windows, method, sparsity, device, cfg, on_shot=None, **_):
-    return run_shots(adapter, windows, method, sparsity, device, cfg, 1, on_shot)
+class OneShot(Schedule):
+    def targets(self, sparsity, n_layers):
+        return [sparsity]

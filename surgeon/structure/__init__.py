@@ -1,21 +1,22 @@
 """Structures: what is removed together, chosen by `structure=<name>`."""
 from surgeon.errors import SurgeonError
+from surgeon.structure.base import Structure, Target
 from surgeon.structure.heads_neurons import HeadsNeurons
 from surgeon.structure.nm import NM
 from surgeon.structure.rows_cols import RowsCols
 from surgeon.structure.unstructured import Unstructured
 
 
-def build(cfg):
+def build(cfg) -> Structure:
     if cfg.name == "unstructured":
         return Unstructured()
     if cfg.name == "nm":
-        return NM(int(cfg.n), int(cfg.m), cfg.get("fill", "groups"), cfg.get("select", "costs"))
+        return NM(int(cfg.n), int(cfg.m), cfg.fill, cfg.select)
     if cfg.name == "rows_cols":
         return RowsCols()
     if cfg.name == "heads_neurons":
         return HeadsNeurons()
-    raise SurgeonError(f"structure '{cfg.name}' is not implemented yet")
+    raise SurgeonError(f"structure '{cfg.name}' is not implemented")
 
 
-__all__ = ["HeadsNeurons", "NM", "RowsCols", "Unstructured", "build"]
+__all__ = ["HeadsNeurons", "NM", "RowsCols", "Structure", "Target", "Unstructured", "build"]

@@ -1,17 +1,90 @@
-"""What every structure shares: no column pattern, the target is the asked sparsity, and (for
-whole-unit structures) masks come from the method's allocation, not from per-element costs."""
+"""What every structure answers. A structure owns its groups (elements, N:M groups, rows and
+columns, attention units and FFN neurons), prices them from a linear's Kronecker factors, selects
+the cheapest under a scope, and removes them with the method's update rule:
+
+    targets -> costs -> select (layer | row | global) -> remove (none | correlated)
+
+or, where the update chooses as it goes (`method.update=obs`: SparseGPT's sweep, SlimGPT's greedy
+removal), `solve` does both per decoder layer. Nothing outside structure/ asks which structure it
+has; the method only composes these calls (surgeon/method/prune.py).
+"""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SCOPES = ("layer", "row", "global")
+
+
+@dataclass
+class Target:
+    """What one decision prunes: linear `name` of decoder layer `layer` (for unit structures, the
+    linear that reads the units, with the adapter's `units`)."""
+    layer: int
+    name: str
+    linear: nn.Linear
+    units: object = None
 
 
 class Structure:
     name = ""
-    period = None       # no column pattern: a selection may span a whole block
-    decided_by = ""     # where whole-unit structures are decided (select() is not theirs)
+    period = None          # column pattern: a sequential sweep picks masks this many columns at a time
+    fixed_sparsity = False  # True: the pattern fixes every layer's sparsity (N:M)
+    compactable = False     # True: removes whole units, which compaction takes out of the shapes
 
-    def check(self, in_features: int) -> None:
-        pass
+    @property
+    def label(self) -> str:
+        """The structure as results and tables name it."""
+        return self.name
+
+    def check(self, adapter) -> None:
+        """The model's shapes fit the structure (after the model loads, before any work)."""
+
+    def check_method(self, update: str, scope: str, gradients: bool) -> None:
+        """The method's update rule and allocation scope work with this structure."""
 
     def target(self, sparsity: float) -> float:
         return sparsity
 
-    def select(self, costs, sparsity, scope="layer"):
-        raise ValueError(f"structure={self.name} is decided {self.decided_by}, not per element")
+    def targets(self, adapter, index: int, layer) -> list[Target]:
+        """Every prunable linear of the layer, decided on its own weights."""
+        return [Target(index, name, lin) for name, lin in adapter.prunable_linears(layer).items()]
+
+    def solves(self, update: str) -> bool:
+        """Whether `update` selects as it goes (then `solve` prunes a decoder layer at a time)."""
+        return update == "obs"
+
+    def costs(self, W: torch.Tensor, kron):
+        raise NotImplementedError
+
+    def select(self, costs: list, sparsity: float, scope: str) -> list:
+        raise NotImplementedError
+
+    def remove(self, W: torch.Tensor, decision, kron, update: str, opts, sparsity: float) -> tuple[torch.Tensor, dict]:
+        """(W without the decided groups, record fields)."""
+        raise NotImplementedError
+
+    def solve(self, targets: list[Target], factors, sparsity: float, opts, update: str) -> dict:
+        """Selects and updates as it goes; returns record fields by linear name."""
+        raise NotImplementedError
+
+
+def cheapest(costs: list[torch.Tensor], fraction: float, scope: str) -> list[torch.Tensor]:
+    """Boolean masks marking the `fraction` cheapest entries: of each tensor (layer), of each row
+    of each tensor (row), or of all tensors together (global)."""
+    if scope == "row":
+        masks = []
+        for c in costs:
+            mask, k = torch.zeros_like(c, dtype=torch.bool), int(c.shape[1] * fraction)
+            if k:
+                mask.scatter_(1, torch.topk(c, k, dim=1, largest=False).indices, True)
+            masks.append(mask)
+        return masks
+    if scope == "layer":
+        return [cheapest([c], fraction, "global")[0] for c in costs]
+    flat = torch.cat([c.flatten() for c in costs])
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    k = min(int(fraction * flat.numel()), flat.numel())
+    if k:
+        chosen[torch.topk(flat, k, largest=False).indices] = True
+    return [m.view_as(c) for m, c in zip(chosen.split([c.numel() for c in costs]), costs)]

@@ -1,5 +1,7 @@
 """`structure=nm`: N:M semi-structured sparsity - at most N nonzeros in every M consecutive
-weights along the input dimension (2:4 is what sparse tensor cores accelerate).
+weights along the input dimension (2:4 is what sparse tensor cores accelerate). Weights cost what
+they cost unstructured; a group of M costs the sum of its M-N cheapest (independence, as the LLM
+Surgeon assumes), and the cheapest groups are made N:M until the budget is reached.
 
 A multi-shot schedule reaches the pattern through intermediate sparsities, and `fill` says how:
   groups:   each shot makes the cheapest whole groups N:M and leaves the rest dense (the LLM
@@ -8,23 +10,28 @@ A multi-shot schedule reaches the pattern through intermediate sparsities, and `
             cheapest), so the last shot only completes the groups that are still short.
 One-shot methods see only the final pattern, where the two agree.
 
-`select` says how a K-FAC step picks the weights of the shot that completes the pattern:
+`select` says how a correlated (K-FAC) step picks the weights of the shot that completes it:
   costs:      each group's M-N cheapest by the shot's costs, all chosen before any update (the
               paper);
   sequential: group by group along the input, each from the costs w^2 / U_cc^2 of the weights
               as the removals in earlier groups of the row left them (U: Cholesky of A^-1), as
               SparseGPT chooses its masks. Within a row K-FAC's costs rank weights by A alone,
-              so this is OBS's greedy order; the correlated update then solves for the mask."""
+              so this is OBS's greedy order; the correlated update then solves for that mask.
+"""
 import torch
 
 from surgeon.errors import SurgeonError
+from surgeon.structure.base import cheapest
+from surgeon.structure.unstructured import Unstructured
+from surgeon.update.obs import obs_prune
 
 FILLS = ("groups", "elements")
 SELECTS = ("costs", "sequential")
 
 
-class NM:
+class NM(Unstructured):
     name = "nm"
+    fixed_sparsity = True
 
     def __init__(self, n: int, m: int, fill: str = "groups", select: str = "costs"):
         if not (0 < n < m):
@@ -36,9 +43,21 @@ class NM:
         self.n, self.m, self.fill, self.select_by = n, m, fill, select
         self.period = m  # masks are chosen M columns at a time
 
-    def check(self, in_features: int) -> None:
-        if in_features % self.m:
-            raise SurgeonError(f"structure=nm: m={self.m} does not divide a layer width of {in_features}")
+    @property
+    def label(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    def check(self, adapter):
+        for layer in adapter.layers():
+            for lin in adapter.prunable_linears(layer).values():
+                if lin.in_features % self.m:
+                    raise SurgeonError(f"structure=nm: m={self.m} does not divide a layer width of {lin.in_features}")
+
+    def check_method(self, update, scope, gradients):
+        super().check_method(update, scope, gradients)
+        if self.select_by == "sequential" and update != "correlated":
+            raise SurgeonError("structure.select=sequential picks N:M masks inside the correlated update: "
+                               "it needs method.update=correlated (method.update=obs already selects so)")
 
     def target(self, sparsity: float) -> float:
         return 1 - self.n / self.m
@@ -47,16 +66,20 @@ class NM:
         """Whether a shot to `sparsity` is the one that completes the pattern."""
         return sparsity >= self.target(sparsity) - 1e-9
 
-    def select(self, costs: torch.Tensor, sparsity: float = 0.0, scope: str = "layer") -> torch.Tensor:
-        """Boolean mask to REMOVE: the M-N lowest costs in every group of M columns of each row."""
-        rows, cols = costs.shape
-        groups = costs.reshape(rows, cols // self.m, self.m)
-        drop = torch.topk(groups, self.m - self.n, dim=2, largest=False).indices
-        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, drop, True)
-        return mask.reshape(rows, cols)
+    def select(self, costs, sparsity, scope):
+        n, m = self.n, self.m
+        groups = [c.reshape(c.shape[0], -1, m) for c in costs]
+        drop = [torch.topk(g, m - n, dim=2, largest=False) for g in groups]
+        if self.fill == "elements" and not self.completes(sparsity):
+            allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
+                       for g, d, c in zip(groups, drop, costs)]
+            return cheapest(allowed, sparsity, scope)
+        chosen = cheapest([d.values.sum(2) for d in drop], min(1.0, sparsity / (1 - n / m)), scope)
+        return [(torch.zeros_like(g, dtype=torch.bool).scatter_(2, d.indices, True) & ch.unsqueeze(2))
+                .reshape(g.shape[0], -1) for g, d, ch in zip(groups, drop, chosen)]
 
-    def sequential(self, W: torch.Tensor, Ainv: torch.Tensor) -> torch.Tensor:
-        """Mask to REMOVE that completes the pattern, chosen group by group as SparseGPT does;
-        W's zeros (earlier shots') stay among the removed."""
-        from surgeon.method.obs import obs_prune  # structures are imported by methods, not the reverse
-        return obs_prune(W, Ainv, self, self.target(0.0), keep=W == 0)[1]
+    def remove(self, W, mask, kron, update, opts, sparsity):
+        if update == "correlated" and self.select_by == "sequential" and self.completes(sparsity):
+            C = mask.shape[1]  # A^-1's block of the weight columns (a bias comes last)
+            mask = obs_prune(W[:, :C], kron.Ainv(W)[:C, :C], self, self.target(0.0), keep=W[:, :C] == 0)[1]
+        return super().remove(W, mask, kron, update, opts, sparsity)

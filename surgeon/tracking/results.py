@@ -1,9 +1,17 @@
-"""results.json: written atomically so a crash never leaves a half file that a sweep would
-mistake for a finished run."""
+"""results.json: the record of one run (the contract in DESIGN.md), with where it ran - the
+commit, the package versions, the hardware - written atomically so a crash never leaves a half
+file that a sweep would mistake for a finished run."""
 import json
 import os
+import platform
+import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGES = ("torch", "transformers", "accelerate", "peft", "lm_eval", "hydra-core", "surgeon")
 
 
 def write_json_atomic(path, data) -> None:
@@ -27,3 +35,54 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an installed wheel)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device) -> dict:
+    """Where a run ran: commit, package versions, CPU, cores, accelerator."""
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"commit": _git_commit(), "python": platform.python_version(), "packages": versions,
+            "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def record(plan, measured: dict, device) -> dict:
+    """The results.json of a run: what it was (from its plan), what it measured, where it ran."""
+    import torch
+
+    cfg = plan.cfg
+    return {
+        "model": cfg.model.name, "method": cfg.method.name, "curvature": cfg.curvature.name,
+        "structure": plan.structure.label, "schedule": cfg.schedule.name, "seed": int(cfg.seed),
+        "target_sparsity": plan.target, **measured,
+        "peak_rss_mb": peak_rss_mb(), "device": str(device), "threads": torch.get_num_threads(),
+        "environment": environment(device), "config": OmegaConf.to_container(cfg, resolve=True),
+    }

@@ -1,6 +1,6 @@
 """Registry of architecture adapters, keyed by `config.model_type`."""
 from surgeon.errors import SurgeonError
-from surgeon.model.adapters.base import Adapter, Attention, Mlp
+from surgeon.model.adapters.base import ROLES, Adapter, Attention, Mlp, Units
 from surgeon.model.adapters.gemma3 import Gemma3Adapter
 from surgeon.model.adapters.llama import LlamaAdapter
 from surgeon.model.adapters.opt import OptAdapter
@@ -22,4 +22,4 @@ def adapter_for(model) -> Adapter:
     return ADAPTERS[model.config.model_type](model)
 
 
-__all__ = ["ADAPTERS", "Adapter", "Attention", "Mlp", "adapter_for", "check_model_type"]
+__all__ = ["ADAPTERS", "ROLES", "Adapter", "Attention", "Mlp", "Units", "adapter_for", "check_model_type"]

@@ -1,37 +1,17 @@
-"""OBS on Kronecker-factored curvature F = G (x) A (LLM Surgeon, eqs. for costs and updates).
+"""`method.update=correlated`: OBS on Kronecker-factored curvature F = G (x) A (LLM Surgeon).
 
-W is the (augmented) weight, R x C. With F^-1 = G^-1 (x) A^-1, removing a set Q of weights costs
-    L_Q = 1/2 w_Q^T [(F^-1)_QQ]^-1 w_Q
-and the optimal change of all weights that forces w_Q to zero is
-    dW = -G^-1 M A^-1,   M_Q = [(F^-1)_QQ]^-1 w_Q  (M zero elsewhere).
-For one element (r, c): (F^-1)_qq = [G^-1]_rr [A^-1]_cc. For a whole row r: (F^-1)_QQ =
-[G^-1]_rr A^-1, so L = 1/2 w_r^T A w_r / [G^-1]_rr and dW = -G^-1[:, r] w_r^T / [G^-1]_rr; columns
-likewise with the roles of G and A swapped. G = None stands for the identity.
+W is the (augmented) weight, R x C. With F^-1 = G^-1 (x) A^-1, the optimal change of all weights
+that forces a set Q of weights to zero is
+    dW = -G^-1 M A^-1,   M_Q = [(F^-1)_QQ]^-1 w_Q  (M zero elsewhere),
+at a cost L_Q = 1/2 w_Q^T [(F^-1)_QQ]^-1 w_Q (the structures' costs are this L for one group).
+For a whole row r, (F^-1)_QQ = [G^-1]_rr A^-1, so dW = -G^-1[:, r] w_r^T / [G^-1]_rr; columns
+likewise with the roles of G and A swapped. G^-1 = None stands for the identity.
+
+Cost per linear (R x C, k removed weights in chunks of at most m): the element solve is
+O(k m^2 + R C (R + C)) - one Cholesky per chunk and one dense G^-1 M A^-1 per shot - after the
+O(R^3 + C^3) inverses; rows and columns are O(R C (R + C)) per chunk.
 """
 import torch
-
-from surgeon.curvature.base import robust_cholesky_inverse
-
-
-def inverses(G, A):
-    return (None if G is None else robust_cholesky_inverse(G)), robust_cholesky_inverse(A)
-
-
-def _diag(M, n, like):
-    return torch.ones(n, dtype=like.dtype, device=like.device) if M is None else torch.diag(M)
-
-
-def element_costs(W, Ginv, Ainv):
-    return 0.5 * W ** 2 / torch.outer(_diag(Ginv, W.shape[0], W), torch.diag(Ainv))
-
-
-def row_costs(W, Ginv, A):
-    return 0.5 * ((W @ A) * W).sum(1) / _diag(Ginv, W.shape[0], W)
-
-
-def col_costs(W, G, Ainv):
-    GW = W if G is None else G @ W
-    return 0.5 * (GW * W).sum(0) / torch.diag(Ainv)
 
 
 def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Tensor:

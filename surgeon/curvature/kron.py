@@ -1,0 +1,98 @@
+"""Kronecker-factored curvature of one linear: F ~ G (x) A over its weight W (R x C), augmented
+with the bias column [W | b] where the curvature tracks the bias (K-FAC).
+
+Every curvature is given in this form, so costs and updates are one piece of math (the structure
+files and surgeon/update/): G over outputs, A over inputs, each a full matrix, a diagonal (a
+vector) or the identity (None). The layer Hessian of OBS / SparseGPT is G = I, A = H; OBD's
+diagonals are diagonal G and A; K-FAC's are full. An exact diagonal Fisher, which no Kronecker
+product gives, is carried as `exact` (R x C) instead.
+
+Damping (`damp_`) is relative to the factor's mean diagonal, as SparseGPT's: directions that never
+fired (zero diagonal) get a unit diagonal first, so the factor is invertible.
+"""
+import torch
+
+
+def damp_(M: torch.Tensor, damp: float) -> torch.Tensor:
+    """In place, on a matrix or a diagonal: dead directions get 1, then damp * mean(diag) is added."""
+    d = M if M.dim() == 1 else M.diagonal()  # a view: writes reach M
+    d[d == 0] = 1.0
+    d.add_(damp * torch.mean(M if M.dim() == 1 else torch.diag(M)))  # the mean of a copy: same sum order as before
+    return M
+
+
+def robust_cholesky_inverse(H: torch.Tensor, tries: int = 6) -> torch.Tensor:
+    """Inverse of an SPD matrix; damping grows tenfold per failed Cholesky instead of NaN."""
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    extra, scale = 0.0, torch.mean(torch.diag(H)).item()
+    for _ in range(tries):
+        L, info = torch.linalg.cholesky_ex(H + extra * eye)
+        if info.item() == 0:
+            return torch.cholesky_inverse(L)
+        extra = scale * 1e-2 if extra == 0 else extra * 10
+    raise FloatingPointError("curvature matrix is not positive definite even after strong damping")
+
+
+class Factor:
+    """One side of a Kronecker product: a full SPD matrix, a diagonal, or the identity (None)."""
+
+    def __init__(self, M: torch.Tensor | None, damp: float = 0.0):
+        self.M = None if M is None else damp_(M.clone(), damp)
+        self._inv = None
+
+    @property
+    def full(self) -> bool:
+        return self.M is not None and self.M.dim() == 2
+
+    def diag(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        if self.M is None:
+            return torch.ones(n, dtype=like.dtype, device=like.device)
+        return self.M.diagonal() if self.full else self.M
+
+    def inverse(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The inverse as a full matrix (computed once)."""
+        if self._inv is None:
+            if self.M is None:
+                self._inv = torch.eye(n, dtype=like.dtype, device=like.device)
+            else:
+                self._inv = robust_cholesky_inverse(self.M) if self.full else torch.diag(1.0 / self.M)
+        return self._inv
+
+    def inv_diag(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """diag(F^-1): for a diagonal factor exactly 1 / F_ii, with no inversion."""
+        return self.inverse(n, like).diagonal() if self.full else 1.0 / self.diag(n, like)
+
+    def matmul(self, X: torch.Tensor) -> torch.Tensor:
+        """F @ X."""
+        if self.M is None:
+            return X
+        return self.M @ X if self.full else self.M.unsqueeze(1) * X
+
+    def rmatmul(self, X: torch.Tensor) -> torch.Tensor:
+        """X @ F."""
+        if self.M is None:
+            return X
+        return X @ self.M if self.full else X * self.M
+
+
+class Kron:
+    """Damped F ~ G (x) A of one linear; `bias`: A (and the weight it prices) has the bias column
+    last; `dead`: inputs that never fired (their weights never matter)."""
+
+    def __init__(self, G, A, damp_g: float, damp_a: float, bias: bool = False, exact=None):
+        self.dead = None if A is None else (A.diagonal() if A.dim() == 2 else A) == 0
+        self.G, self.A = Factor(G, damp_g), Factor(A, damp_a)
+        self.bias, self.exact = bias, exact
+
+    @property
+    def diagonal(self) -> bool:
+        """Both sides diagonal (or identity): OBD, no weight is correlated with another."""
+        return not (self.G.full or self.A.full)
+
+    def Ginv(self, W) -> torch.Tensor | None:
+        """G^-1 for W's rows, None for the identity (the update formulas skip it)."""
+        return None if self.G.M is None else self.G.inverse(W.shape[0], W)
+
+    def Ainv(self, W) -> torch.Tensor:
+        """A^-1 for W's columns, as a matrix."""
+        return self.A.inverse(W.shape[1], W)

@@ -1,0 +1,50 @@
+"""The run's evaluation: perplexity on the eval corpora and zero-shot accuracy, each computed
+with the whole model in one device context (surgeon/model/placement.py), and the dense figures
+cached per (model, protocol)."""
+import logging
+
+import torch
+from omegaconf import OmegaConf
+
+from surgeon.eval import perplexity as ppl
+from surgeon.eval import zero_shot
+from surgeon.model.placement import on_device
+
+log = logging.getLogger("surgeon")
+
+
+class Evaluator:
+    def __init__(self, cfg, tokenizer, bos_id: int | None, device: torch.device):
+        self.cfg, self.tokenizer, self.bos, self.device = cfg, tokenizer, bos_id, device
+        self.windows = ppl.build_windows(cfg, tokenizer, bos_id)
+        self.protocol = ppl.protocol(cfg, self.windows)
+
+    @property
+    def zero_shot_on(self) -> bool:
+        return bool(self.cfg.zero_shot.tasks)
+
+    def perplexity(self, model, tag: str, max_tokens: int | None = None, prefix=None) -> dict:
+        """{corpus: perplexity}, on the first `max_tokens` tokens of each corpus (None: all)."""
+        windows = {c: w if max_tokens is None else w[: max(1, int(max_tokens) // w.shape[1])]
+                   for c, w in self.windows.items()}
+        with on_device(model, self.device):
+            return ppl.evaluate(model, windows, self.device, int(self.cfg.batch_size),
+                                lambda m: log.info("%s %s", tag, m), prefix, self.bos is not None)
+
+    def zero_shot(self, model) -> dict:
+        with on_device(model, self.device):
+            return zero_shot.evaluate(model, self.tokenizer, self.cfg.zero_shot, self.device, self.bos is not None)
+
+    def dense(self, model, model_key: dict) -> tuple[dict, dict | None]:
+        """(perplexity, zero-shot accuracy or None) of the dense model, from the cache when
+        `eval.cache_dense` (they are properties of the model and the protocol, not of the run)."""
+        cached = bool(self.cfg.cache_dense)
+        key = {**model_key, **{k: v for k, v in self.protocol.items() if k != "windows"}}
+        dense = ppl.dense_cached(key, lambda: self.perplexity(model, "dense")) if cached \
+            else self.perplexity(model, "dense")
+        zs = None
+        if self.zero_shot_on:
+            zs_key = {**model_key, **OmegaConf.to_container(self.cfg.zero_shot, resolve=True)}
+            zs = ppl.dense_cached(zs_key, lambda: self.zero_shot(model), "dense_zero_shot") if cached \
+                else self.zero_shot(model)
+        return dense, zs

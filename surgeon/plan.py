@@ -1,0 +1,94 @@
+"""The run plan: every option of a run checked, and every part built, once, before any model loads.
+
+Building the plan is the validation. Each part checks its own options as it is built (the
+structure, the schedule, the method with its curvature backend and update rule); what spans
+parts or belongs to no part is checked here. A bad option fails with one line (SurgeonError) in
+a second, not after minutes of work; `surgeon.run.execute` then only carries the plan out.
+"""
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from surgeon import method as methods
+from surgeon import schedule as schedules
+from surgeon import structure as structures
+from surgeon.data import corpora
+from surgeon.errors import SurgeonError
+from surgeon.eval import zero_shot
+from surgeon.model.load import check as check_model
+from surgeon.structure import Structure
+
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class Plan:
+    cfg: DictConfig
+    structure: Structure
+    schedule: schedules.Schedule
+    method: object          # surgeon.method.Method or Compresso: the same calls
+    target: float           # the sparsity the run reaches (N:M fixes it)
+    compact: bool           # shrink the weight shapes after pruning
+
+
+def build(cfg: DictConfig) -> Plan:
+    _check_run(cfg)
+    structure = structures.build(cfg.structure)
+    if cfg.structure.name not in cfg.method.structures:
+        raise SurgeonError(f"method={cfg.method.name} cannot do structure={cfg.structure.name} "
+                           f"(it can: {', '.join(cfg.method.structures)})")
+    schedule = schedules.build(cfg.schedule)
+    method = methods.build(cfg, structure, schedule)
+    if schedule.per_layer and method.whole_model:
+        raise SurgeonError(f"schedule={cfg.schedule.name} sets per-layer ratios; method={cfg.method.name} "
+                           "decides globally (use schedule=linear or one_shot)")
+    if schedule.per_layer and structure.fixed_sparsity:
+        raise SurgeonError(f"structure={cfg.structure.name} fixes every layer's sparsity; "
+                           f"schedule={cfg.schedule.name} cannot set per-layer ratios")
+    check_model(cfg.model)
+    _check_data(cfg)
+    compact = cfg.compact is True or (cfg.compact == "auto" and structure.compactable)
+    return Plan(cfg, structure, schedule, method, structure.target(float(cfg.sparsity)), compact)
+
+
+def _check_run(cfg) -> None:
+    if not 0.0 <= float(cfg.sparsity) < 1.0:
+        raise SurgeonError(f"sparsity must be in [0, 1), got {cfg.sparsity}")
+    if cfg.compact not in ("auto", True, False):
+        raise SurgeonError(f"compact must be auto, true or false, got {cfg.compact}")
+    for key in ("save", "resume"):
+        if not isinstance(cfg[key], bool):
+            raise SurgeonError(f"{key} must be true or false, got {cfg[key]}")
+    if cfg.threads is not None and int(cfg.threads) < 1:
+        raise SurgeonError(f"threads must be a positive count or null (all cores), got {cfg.threads}")
+    for key in ("prompt_tokens", "new_tokens", "repeats"):
+        if int(cfg.latency[key]) < 1:
+            raise SurgeonError(f"latency.{key} must be positive, got {cfg.latency[key]}")
+    if cfg.device != "auto":
+        try:
+            device = torch.device(cfg.device)
+        except RuntimeError:
+            raise SurgeonError(f"device '{cfg.device}' is not a device (auto, cpu, cuda, cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SurgeonError(f"device={cfg.device}, but this torch ({torch.__version__}) sees no CUDA device: "
+                               "use device=cpu or device=auto")
+    if cfg.logger.name == "wandb" and cfg.logger.mode not in LOGGER_MODES:
+        raise SurgeonError(f"logger.mode '{cfg.logger.mode}' is not one of {', '.join(LOGGER_MODES)}")
+
+
+def _check_data(cfg) -> None:
+    cal, ev = cfg.calibration, cfg.eval
+    for key in ("num_samples", "seq_len"):
+        if int(cal[key]) < 1:
+            raise SurgeonError(f"calibration.{key} must be positive, got {cal[key]}")
+    if not ev.corpora:
+        raise SurgeonError("eval.corpora is empty: name at least one corpus")
+    for name in [cal.corpus, *ev.corpora]:
+        corpora.check(name)
+    if int(ev.seq_len) < 2 or int(ev.batch_size) < 1:
+        raise SurgeonError(f"eval.seq_len must be >= 2 and eval.batch_size >= 1, got {ev.seq_len} and {ev.batch_size}")
+    if ev.max_tokens is not None and int(ev.max_tokens) < int(ev.seq_len):
+        raise SurgeonError(f"eval.max_tokens={ev.max_tokens} is less than one window of eval.seq_len={ev.seq_len} "
+                           "tokens: raise it, or set it to null for the whole corpus")
+    zero_shot.check(ev)
