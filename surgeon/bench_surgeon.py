@@ -5,7 +5,8 @@ G and A of every prunable linear) + the global threshold + correlated updates (5
 weights, in chunks of whole rows of up to 500). Each point runs in its own process, so peak RSS
 is its own:
 - calibration tokens: SmolLM2-135M (width 576) with 2 and 8 windows of 512 tokens;
-- model width: 2-layer Llamas built in code (random weights, MLP 3x wider) at 2,048 tokens.
+- model width: 2-layer Llama-shaped models with random weights (model=random_llama, MLP 3x
+  wider) at 2,048 tokens.
 Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
 """
 import json
@@ -25,9 +26,8 @@ def points():
     for width in (256, 512, 1024):
         heads = width // 64
         yield f"llama width={width} tokens=2048", [
-            "model=tiny_llama", "calibration.num_samples=4", f"model.config.hidden_size={width}",
-            f"model.config.intermediate_size={3 * width}", "model.config.num_hidden_layers=2",
-            f"model.config.num_attention_heads={heads}", f"model.config.num_key_value_heads={max(1, heads // 2)}"]
+            "model=random_llama", "calibration.num_samples=4", f"model.width={width}", f"model.ffn={3 * width}",
+            "model.layers=2", f"model.heads={heads}", f"model.kv_heads={max(1, heads // 2)}"]
 
 
 def main(extra=None) -> None:

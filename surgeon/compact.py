@@ -3,7 +3,7 @@
 What can go is read from the weights, so it works after any structured method. The adapter says
 what the units are (`Units`: attention units and FFN neurons) and how to resize; here:
 - a unit whose consumer columns are all zero, or whose silencing producer rows (and bias) are
-  (a zero value head, a zero gate/up/fc1 pre-activation), adds nothing and goes;
+  (a zero value head, a zero FFN pre-activation), adds nothing and goes;
 - a hidden dimension nothing writes to (its embedding column and every writer's row are zero,
   as Compresso leaves them) goes from every linear, the embedding and the head, on architectures
   whose norms allow it (the adapter's `hidden_prunable`).

@@ -126,6 +126,23 @@ def test_uniform_llama_compaction_loads_with_plain_transformers(tmp_path):
         torch.testing.assert_close(plain(ids).logits, masked, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_units_partition_each_layers_prunable_weights(name):
+    """The adapter's attention units and FFN neurons own every prunable weight of a layer once:
+    their columns and rows cover each linear exactly, and their parameter counts add up."""
+    adapter = adapter_for(tiny_model(name))
+    for layer in adapter.layers():
+        units = adapter.units(layer)
+        linears = adapter.prunable_linears(layer).values()
+        assert sum(u.count * u.params for u in units) == sum(lin.weight.numel() for lin in linears)
+        for u in units:
+            assert sorted(u.cols.flatten().tolist()) == list(range(u.consumer.in_features))
+            for lin, rows in zip(u.producers, u.rows):
+                assert sorted(rows.flatten().tolist()) == list(range(lin.out_features))
+        att = adapter.attention(layer)
+        assert units[0].count * units[0].per_unit == att.num_heads and units[0].count == att.num_kv_heads
+
+
 def test_structured_baselines_share_the_budget_and_leave_weights_unchanged():
     _, adapter, _ = _slim("tiny_llama", 0.5, update="none")
     for layer in adapter.layers():

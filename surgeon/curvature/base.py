@@ -17,6 +17,7 @@ import tempfile
 import torch
 from torch import nn
 
+from surgeon.config import fisher_kind
 from surgeon.curvature.kron import Kron
 from surgeon.errors import SurgeonError
 
@@ -36,10 +37,16 @@ def non_negative(cfg, *keys: str) -> None:
 
 class Curvature:
     needs_data = True  # False: costs come from the weights alone, skip the calibration pass
+    # True: can also hold statistics of output gradients, with the options store, damp, damp_g, fisher
+    gradient_stats = False
 
     @classmethod
     def check(cls, cfg) -> None:
         """Every option this backend reads is valid (called when the run plan is built)."""
+        if cls.gradient_stats:
+            one_of(cfg, "store", STORES)
+            non_negative(cfg, "damp", "damp_g")
+            fisher_kind(cfg)
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:
@@ -50,7 +57,7 @@ class Curvature:
     def labels(cls, cfg) -> str:
         """Which labels the gradients use: the true next tokens (empirical Fisher), or tokens
         sampled from the model's softmax ("true" Fisher)."""
-        return "empirical"
+        return fisher_kind(cfg) if cls.gradient_stats else "empirical"
 
     @classmethod
     def kronecker(cls, cfg) -> bool:

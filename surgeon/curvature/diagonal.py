@@ -10,24 +10,19 @@ source=fisher: the exact diagonal of the Fisher with calibration windows as samp
 """
 import torch
 
-from surgeon.config import fisher_kind
-from surgeon.curvature.base import STORES, Curvature, non_negative, one_of
+from surgeon.curvature.base import Curvature, one_of
 from surgeon.curvature.kron import Kron
 
 SOURCES = ("activations", "kfac", "fisher")
 
 
 class Diagonal(Curvature):
+    gradient_stats = True
+
     @classmethod
     def check(cls, cfg):
         one_of(cfg, "source", SOURCES)
-        one_of(cfg, "store", STORES)
-        non_negative(cfg, "damp", "damp_g")
-        fisher_kind(cfg)
-
-    @classmethod
-    def labels(cls, cfg) -> str:
-        return fisher_kind(cfg)
+        super().check(cfg)
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:

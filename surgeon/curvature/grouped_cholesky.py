@@ -1,7 +1,7 @@
 """`curvature=grouped_cholesky`: the layer Hessian H = (2/n) X X^T (statistics as `hessian`),
-with groups of columns (a head's or KV group's columns of o_proj, a neuron's column of down_proj)
-scored jointly by one batched Cholesky of the diagonal blocks of H^-1 (SlimGPT's grouped
-Cholesky). The scoring is the group cost of OBS, `group_costs` in surgeon/update/obs.py."""
+with groups of columns (a KV group's columns of the attention output projection, a neuron's
+column of the FFN down projection) scored jointly by one batched Cholesky of the diagonal blocks
+of H^-1 (SlimGPT's grouped Cholesky): the group cost of OBS, `group_costs` in surgeon/update/obs.py."""
 from surgeon.curvature.hessian import Hessian
 
 

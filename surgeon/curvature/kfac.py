@@ -9,21 +9,12 @@ sampled from the model's own softmax). `damp` damps A, `damp_g` damps G, relativ
 """
 import torch
 
-from surgeon.config import fisher_kind
-from surgeon.curvature.base import STORES, Curvature, non_negative, one_of
+from surgeon.curvature.base import Curvature
 from surgeon.curvature.kron import Kron
 
 
 class KFAC(Curvature):
-    @classmethod
-    def check(cls, cfg):
-        one_of(cfg, "store", STORES)
-        non_negative(cfg, "damp", "damp_g")
-        fisher_kind(cfg)
-
-    @classmethod
-    def labels(cls, cfg) -> str:
-        return fisher_kind(cfg)
+    gradient_stats = True
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:

@@ -52,7 +52,7 @@ def from_file(path: str) -> list[dict]:
 
 
 def check(cfg) -> None:
-    if cfg.get("path"):
+    if cfg.path:
         if not Path(cfg.path).is_file():
             raise SurgeonError(f"method.data.path '{cfg.path}' is not a file")
     elif cfg.source not in SOURCES:
@@ -62,7 +62,7 @@ def check(cfg) -> None:
 
 
 def load(cfg) -> list[dict]:
-    return from_file(cfg.path) if cfg.get("path") else olmo_reasoning()
+    return from_file(cfg.path) if cfg.path else olmo_reasoning()
 
 
 def _opening(prompt: str) -> str:

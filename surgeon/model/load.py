@@ -90,8 +90,8 @@ def load_tokenizer(model_name: str):
 def _tiny(cfg: DictConfig, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    torch.manual_seed(cfg.get("init_seed", 0))
-    config = AutoConfig.for_model(cfg.model_type, **OmegaConf.to_container(cfg.config))
+    torch.manual_seed(cfg.init_seed)
+    config = AutoConfig.for_model(cfg.model_type, **OmegaConf.to_container(cfg.config, resolve=True))
     return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 

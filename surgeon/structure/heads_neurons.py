@@ -1,17 +1,18 @@
 """`structure=heads_neurons`: whole attention units and FFN neurons, the structures that make a
 model physically smaller (SlimGPT). The adapter says what they are (`Units`): an attention unit
 is a KV group - one K/V head and the query heads that read it (a plain head without GQA) - whose
-removal drops its q/k/v rows and o columns; an FFN neuron drops a row of every input linear
-(gate/up or fc1) and a column of the output one.
+removal drops its query/key/value rows and output-projection columns; an FFN neuron drops a
+row of every FFN input linear (gate and up, or the single input) and a column of the output one.
 
 Per decoder layer, `ratio` of the attention units is removed (rounded, at least one unit kept)
 and as many FFN neurons as bring the layer's removed parameters to `ratio` of its prunable ones.
-Decisions are made on the input columns of the linears that read the units (o_proj, down_proj),
-a group of columns per unit, priced by OBS's group cost under the layer Hessian and removed by
-batched greedy OBS (surgeon/update/obs.py): attention units `head_batch` at a time, FFN neurons in
-batches of `ffn_group_size` halved down to `ffn_min_group_size` (Dynamic Group Size). With
-`method.update=none` (magnitude and Wanda-style baselines) the same ranking, without updates.
-The removed units' producer rows are zeroed, so compaction (surgeon/compact.py) can drop them.
+Decisions are made on the input columns of the linears that read the units (the attention output
+and FFN down projections), a group of columns per unit, priced by OBS's group cost under the
+layer Hessian and removed by batched greedy OBS (surgeon/update/obs.py): attention units
+`head_batch` at a time, FFN neurons in batches of `ffn_group_size` halved down to
+`ffn_min_group_size` (Dynamic Group Size). With `method.update=none` (magnitude and Wanda-style
+baselines) the same ranking, without updates. The removed units' producer rows are zeroed, so
+compaction (surgeon/compact.py) can drop them.
 """
 from surgeon.errors import SurgeonError
 from surgeon.structure.base import Structure, Target
