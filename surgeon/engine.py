@@ -89,13 +89,20 @@ def forward_layer(layer, inputs: list[torch.Tensor], kwargs: dict) -> list[torch
     return outs
 
 
-def _feed(stats: dict, gradients: bool = False) -> list:
-    """Hooks that feed each distinct statistics object in `stats` (name -> object): the shared
-    input from its first linear, and (with gradients) every linear's output gradient."""
+def _feed(stats: dict, gradients: bool = False, clock: dict | None = None) -> list:
+    """Hooks that feed each distinct statistics object in `stats` (key -> object): the shared
+    input from its first linear, and (with gradients) every linear's output gradient. `clock`
+    accumulates the seconds spent accumulating inputs ("statistics_s")."""
+    def add_batch(mod, inp, out, c):
+        t = time.perf_counter()
+        c.add_batch(inp[0].detach())
+        if clock is not None:
+            clock["statistics_s"] = clock.get("statistics_s", 0.0) + time.perf_counter() - t
+
     hooks = []
     for curv in {id(c): c for c in stats.values()}.values():
         first = next(iter(curv.linears.values()))
-        hooks.append(first.register_forward_hook(lambda mod, inp, out, c=curv: c.add_batch(inp[0].detach())))
+        hooks.append(first.register_forward_hook(lambda mod, inp, out, c=curv: add_batch(mod, inp, out, c)))
         if gradients:
             for name, lin in curv.linears.items():
                 def grad_hook(mod, inp, out, c=curv, n=name):
@@ -111,12 +118,22 @@ def _remove(hooks) -> None:
 
 
 @torch.no_grad()
-def sequential(adapter, windows, device: torch.device, statistics, decide) -> list[dict]:
+def sequential(adapter, windows, device: torch.device, statistics, decide, timings: dict | None = None) -> list[dict]:
     """Layer by layer: `statistics(i, layer)` -> {key: statistics object} to feed from the
     layer's inputs (`windows` None: no data, nothing fed), then `decide(i, layer, stats)` prunes
-    it and returns its records, then its outputs are recomputed for the next layer."""
+    it and returns its records, then its outputs are recomputed for the next layer. `timings`
+    receives where the time went: forward_s (both passes over the windows, statistics included),
+    statistics_s (accumulating them), decide_s."""
+    clock = {"forward_s": 0.0, "statistics_s": 0.0, "decide_s": 0.0}
     layers = adapter.layers()
     records = []
+
+    def forward(layer, inputs, kwargs):
+        t = time.perf_counter()
+        outs = forward_layer(layer, inputs, kwargs)
+        clock["forward_s"] += time.perf_counter() - t
+        return outs
+
     with on_device(_trunk(adapter), device):
         data = None if windows is None else capture(adapter, windows, device)
         for i, layer in enumerate(layers):
@@ -124,16 +141,20 @@ def sequential(adapter, windows, device: torch.device, statistics, decide) -> li
             with on_device(layer, device):
                 stats = statistics(i, layer)
                 if data is not None:
-                    hooks = _feed(stats)
+                    hooks = _feed(stats, clock=clock)
                     try:
-                        forward_layer(layer, data.inputs, data.layer_kwargs[i])
+                        forward(layer, data.inputs, data.layer_kwargs[i])
                     finally:
                         _remove(hooks)
+                t = time.perf_counter()
                 records += decide(i, layer, stats)
+                clock["decide_s"] += time.perf_counter() - t
                 del stats
                 if data is not None:
-                    data.inputs = forward_layer(layer, data.inputs, data.layer_kwargs[i])
+                    data.inputs = forward(layer, data.inputs, data.layer_kwargs[i])
             log.info("layer %d/%d pruned in %.1fs", i + 1, len(layers), time.time() - t0)
+    if timings is not None:
+        timings.update(clock)
     return records
 
 

@@ -137,7 +137,7 @@ def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
     lin.weight.data.copy_(W)
     G, A = _spd(R, 3), _spd(C, 4)
     W = lin.weight.data.double()
-    _one_linear_shot(lin, Kron(G.float(), A.float(), 0.0, 0.0), Unstructured(), 0.4)
+    _one_linear_shot(lin, Kron.of(G.float(), A.float()), Unstructured(), 0.4)
     removed = (lin.weight.data == 0).flatten().nonzero().flatten()
     assert len(removed) == int(0.4 * R * C) and set(old.tolist()) <= set(removed.tolist())
     torch.testing.assert_close(lin.weight.data.double(), _exact_constrained(W, G, A, removed), rtol=1e-4, atol=1e-5)
@@ -169,12 +169,12 @@ def test_row_and_column_updates_are_exact(which):
         idx = torch.tensor([1, 3])
         new = kron.rows_update(W, torch.linalg.inv(G), idx, 0)
         Q = torch.cat([i * C + torch.arange(C) for i in idx])
-        cost = RowsCols().costs(W, Kron(G, A, 0.0, 0.0))[0]
+        cost = RowsCols().costs(W, Kron.of(G, A))[0]
     else:
         idx = torch.tensor([0, 2])
         new = kron.cols_update(W, torch.linalg.inv(A), idx, 0)
         Q = torch.cat([torch.arange(R) * C + i for i in idx])
-        cost = RowsCols().costs(W, Kron(G, A, 0.0, 0.0))[1]
+        cost = RowsCols().costs(W, Kron.of(G, A))[1]
     exact = _exact_constrained(W, G, A, Q)
     torch.testing.assert_close(new, exact, rtol=1e-8, atol=1e-10)
     # the cost of one structure is the loss its removal causes: 1/2 dw^T F dw
@@ -240,7 +240,7 @@ def test_sequential_nm_completion_takes_sparsegpts_masks_and_solves_them_exactly
     lin.weight.data.copy_(W)
     W = lin.weight.data.double()
     G, A = _spd(R, 5), _spd(C, 6)
-    _one_linear_shot(lin, Kron(G.float(), A.float(), 0.0, 0.0), NM(2, 4, select="sequential"), 0.5)
+    _one_linear_shot(lin, Kron.of(G.float(), A.float()), NM(2, 4, select="sequential"), 0.5)
     removed = lin.weight.data == 0
     expected = obs_prune(W, torch.linalg.inv(A), NM(2, 4), 0.5, keep=W == 0)[1]
     assert torch.equal(removed, expected) and removed[0, 1] and removed[3, 6]

@@ -114,5 +114,5 @@ def test_one_cost_formula_gives_each_methods_saliency():
     from surgeon.curvature.kron import Kron
 
     g, a = torch.rand(4) + 0.1, torch.rand(16) + 0.1
-    torch.testing.assert_close(costs(W, Kron(g, a, 0.0, 0.0)), 0.5 * W ** 2 * torch.outer(g, a))
-    torch.testing.assert_close(costs(W, Kron(torch.diag(g), torch.diag(a), 0.0, 0.0)), 0.5 * W ** 2 * torch.outer(g, a))
+    torch.testing.assert_close(costs(W, Kron.of(g, a)), 0.5 * W ** 2 * torch.outer(g, a))
+    torch.testing.assert_close(costs(W, Kron.of(torch.diag(g), torch.diag(a))), 0.5 * W ** 2 * torch.outer(g, a))

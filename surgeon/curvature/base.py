@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from surgeon.config import fisher_kind
-from surgeon.curvature.kron import Kron
+from surgeon.curvature.kron import Factor, Kron
 from surgeon.errors import SurgeonError
 
 STORES = ("device", "cpu", "disk")
@@ -71,6 +71,17 @@ class Curvature:
         self.in_features = first.in_features
         self.device = first.weight.device
         self.tokens = 0
+        self._input = None  # (key, Factor): the damped input factor the members share, once made
+
+    def input_factor(self, key, make) -> Factor:
+        """The damped input-side factor, made once for all members (its inverse too, once asked)."""
+        if self._input is None or self._input[0] != key:
+            self._input = (key, make())
+        return self._input[1]
+
+    def release(self) -> None:
+        """Forget the input factor (and inverse): decisions over many linears hold one at a time."""
+        self._input = None
 
     def buffer(self, *shape: int) -> torch.Tensor:
         """A zeroed float32 statistics buffer where `cfg.store` says: on the linears' device,

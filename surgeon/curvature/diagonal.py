@@ -11,7 +11,7 @@ source=fisher: the exact diagonal of the Fisher with calibration windows as samp
 import torch
 
 from surgeon.curvature.base import Curvature, one_of
-from surgeon.curvature.kron import Kron
+from surgeon.curvature.kron import Factor, Kron
 
 SOURCES = ("activations", "kfac", "fisher")
 
@@ -66,6 +66,7 @@ class Diagonal(Curvature):
     def factors(self, name):
         if self.cfg.source == "fisher":
             exact = self.F_sum[name].to(self.device) / max(self.windows[name], 1)
-            return Kron(None, None, 0.0, 0.0, exact=exact)
+            return Kron(Factor(None), Factor(None), exact=exact)
         G = (self.g2[name] / max(self.grad_tokens[name], 1)).float() if self.uses_gradients(self.cfg) else None
-        return Kron(G, self.diag(), float(self.cfg.damp_g), float(self.cfg.damp))
+        return Kron(Factor(G, float(self.cfg.damp_g)),
+                    self.input_factor(None, lambda: Factor(self.diag(), float(self.cfg.damp))))

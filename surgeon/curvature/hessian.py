@@ -7,7 +7,7 @@ factors: G = I, A = H, damped by `damp` x mean(diag H). q/k/v (and gate/up) shar
 import torch
 
 from surgeon.curvature.base import Curvature, non_negative
-from surgeon.curvature.kron import Kron
+from surgeon.curvature.kron import Factor, Kron
 
 
 class Hessian(Curvature):
@@ -29,4 +29,4 @@ class Hessian(Curvature):
         self.H += x.T @ x
 
     def factors(self, name):
-        return Kron(None, self.H, 0.0, float(self.cfg.damp))
+        return Kron(Factor(None), self.input_factor(None, lambda: Factor(self.H, float(self.cfg.damp))))

@@ -10,7 +10,7 @@ sampled from the model's own softmax). `damp` damps A, `damp_g` damps G, relativ
 import torch
 
 from surgeon.curvature.base import Curvature
-from surgeon.curvature.kron import Kron
+from surgeon.curvature.kron import Factor, Kron
 
 
 class KFAC(Curvature):
@@ -52,5 +52,6 @@ class KFAC(Curvature):
         return self.G_sum[name].to(self.device) / max(self.grad_tokens[name], 1)
 
     def factors(self, name):
-        return Kron(self.G(name), self.A(name), float(self.cfg.damp_g), float(self.cfg.damp),
-                    bias=self.linears[name].bias is not None)
+        bias = self.linears[name].bias is not None
+        A = self.input_factor(bias, lambda: Factor(self.A(name), float(self.cfg.damp)))
+        return Kron(Factor(self.G(name), float(self.cfg.damp_g)), A, bias)

@@ -34,9 +34,11 @@ def robust_cholesky_inverse(H: torch.Tensor, tries: int = 6) -> torch.Tensor:
 
 
 class Factor:
-    """One side of a Kronecker product: a full SPD matrix, a diagonal, or the identity (None)."""
+    """One side of a Kronecker product: a full SPD matrix, a diagonal, or the identity (None),
+    damped; `dead`: directions that never fired (zero diagonal before damping)."""
 
     def __init__(self, M: torch.Tensor | None, damp: float = 0.0):
+        self.dead = None if M is None else (M.diagonal() if M.dim() == 2 else M) == 0
         self.M = None if M is None else damp_(M.clone(), damp)
         self._inv = None
 
@@ -76,13 +78,21 @@ class Factor:
 
 
 class Kron:
-    """Damped F ~ G (x) A of one linear; `bias`: A (and the weight it prices) has the bias column
-    last; `dead`: inputs that never fired (their weights never matter)."""
+    """Damped F ~ G (x) A of one linear (`G`, `A`: Factors); `bias`: A (and the weight it prices)
+    has the bias column last; `exact`: an exact diagonal instead of the factors."""
 
-    def __init__(self, G, A, damp_g: float, damp_a: float, bias: bool = False, exact=None):
-        self.dead = None if A is None else (A.diagonal() if A.dim() == 2 else A) == 0
-        self.G, self.A = Factor(G, damp_g), Factor(A, damp_a)
-        self.bias, self.exact = bias, exact
+    def __init__(self, G: Factor, A: Factor, bias: bool = False, exact=None):
+        self.G, self.A, self.bias, self.exact = G, A, bias, exact
+
+    @classmethod
+    def of(cls, G, A, damp_g: float = 0.0, damp_a: float = 0.0, bias: bool = False) -> "Kron":
+        """From matrices, vectors or None."""
+        return cls(Factor(G, damp_g), Factor(A, damp_a), bias)
+
+    @property
+    def dead(self) -> torch.Tensor | None:
+        """Inputs that never fired: their weights never matter."""
+        return self.A.dead
 
     @property
     def diagonal(self) -> bool:

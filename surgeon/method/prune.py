@@ -84,8 +84,8 @@ class Method:
 
     def step(self, ctx, sparsity: float | list[float], seed: int, timings: dict) -> list[dict]:
         """Prunes the model to `sparsity` (or decoder layer i to sparsity[i]); returns a record
-        per prunable linear. `timings` receives curvature_s and update_s where the two are
-        separate passes."""
+        per prunable linear. `timings` receives where the time went: forward_s, statistics_s and
+        decide_s layer by layer; curvature_s and update_s for the whole-model passes."""
         adapter, device = ctx.adapter, ctx.device
         windows = ctx.windows if self.needs_data else None
         layers = adapter.layers()
@@ -98,7 +98,7 @@ class Method:
 
         if not self.whole_model:
             return engine.sequential(adapter, windows, device, statistics,
-                                     lambda i, layer, stats: self.decide(adapter, [i], stats, ratio(i)))
+                                     lambda i, layer, stats: self.decide(adapter, [i], stats, ratio(i)), timings)
         t = time.time()
         stats = engine.whole_model(adapter, windows, device, statistics, self.gradients,
                                    self.backend.labels(self.curvature_cfg), seed)
@@ -117,8 +117,14 @@ class Method:
         layers = adapter.layers()
         targets = [t for i in indices for t in self.structure.targets(adapter, i, layers[i])]
 
+        held = []  # the statistics object whose input factor (and inverse) is held: q/k/v reuse it
+
         def factors(t):
-            return stats[(t.layer, t.name)].factors(t.name)
+            curv = stats[(t.layer, t.name)]
+            if held and held[0] is not curv:
+                held.pop().release()
+            held[:] = [curv]
+            return curv.factors(t.name)
 
         extras = {}
         if self.structure.solves(self.update):  # a decoder layer at a time, choosing as it goes
@@ -137,6 +143,8 @@ class Method:
                 W, extras[(t.layer, t.name)] = self.structure.remove(_weight(t, f), decision, f, self.update,
                                                                      self.cfg, sparsity)
                 _write_back(t.linear, W)
+        for curv in held:
+            curv.release()
         return [linear_record(i, name, lin.weight, **extras.get((i, name), {}))
                 for i in indices for name, lin in adapter.prunable_linears(layers[i]).items()]
 
