@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-models run test test-slow bench bench-surgeon sweep tables plots clean
+.PHONY: help setup setup-models run test test-slow bench bench-surgeon bench-scale gpu-check sweep tables plots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,15 @@ test: setup  ## fast tests (tiny models built in code)
 test-slow: setup  ## real-model checks on SmolLM2-135M
 	$(PY) -m pytest -m slow
 
-bench: setup  ## time and peak memory per method (separate processes) -> outputs/bench/
-	$(PY) -m surgeon.bench
+bench: setup  ## prune time (and where it goes), peak memory per one-shot method, 128 x 512 calibration -> outputs/bench/
+	$(PY) -m surgeon.bench $(BENCH_ARGS)
+
+bench-scale: setup  ## cost per layer vs width (random Llama shapes up to TinyLlama's), fits, 7B / 70B extrapolation -> experiments/scale/
+	$(PY) -m surgeon.bench_scale
+
+gpu-check: setup  ## builds gpu_bundle/ for the lent GPU machine and dry-runs the checks on the CPU (surgeon/gpu_check.py)
+	$(PY) -m surgeon.gpu_check --bundle gpu_bundle
+	$(PY) -m surgeon.gpu_check --dry-run --bundle-dir gpu_bundle --out outputs/gpu_check
 
 bench-surgeon: setup  ## cost of one LLM Surgeon shot vs calibration tokens and width -> outputs/bench/
 	$(PY) -m surgeon.bench_surgeon

@@ -32,6 +32,7 @@ SPLIT = ("forward_s", "statistics_s", "decide_s")
 
 def run_configs(extra: list[str], root: Path, code: Path | None = None, only=None) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(code.resolve())} if code else None
+    root = root.resolve()  # the runs may start in another folder (`python -m` puts it first on the path)
     rows = []
     for method, structure in CONFIGS:
         if only and f"{method}_{structure}" not in only:
@@ -40,7 +41,7 @@ def run_configs(extra: list[str], root: Path, code: Path | None = None, only=Non
         cmd = [sys.executable, "-m", "surgeon.run", f"method={method}", f"structure={structure}", *COMMON, *extra,
                f"hydra.run.dir={run_dir}", "resume=false"]
         t = time.time()
-        subprocess.run(cmd, check=True, env=env)
+        subprocess.run(cmd, check=True, env=env, cwd=code)
         res = json.loads((run_dir / "results.json").read_text())
         shot = res["shots"][0] if res.get("shots") else {}
         rows.append({"method": method, "structure": res["structure"], "wall_s": round(time.time() - t, 1),

@@ -15,6 +15,8 @@ heads, FFN width per layer). When every layer has the same shape and the archite
 it from its config, the config's own fields are set too and transformers' `from_pretrained`
 loads the model as is; otherwise `surgeon.compact.load(dir)` builds the per-layer shapes first.
 """
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -72,11 +74,16 @@ def compact(model) -> list[dict]:
 
 
 def save(model, tokenizer, directory) -> int:
-    """save_pretrained (safetensors); returns the size of the weight files in bytes."""
+    """save_pretrained (safetensors) into a folder beside `directory`, renamed into place when
+    complete (a crash never leaves half a model); returns the size of the weight files in bytes."""
     directory = Path(directory)
-    model.save_pretrained(directory)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
     if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+        tokenizer.save_pretrained(partial)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(partial, directory)
     return sum(p.stat().st_size for p in directory.glob("*.safetensors"))
 
 

@@ -45,3 +45,19 @@ def check_overrides(argv: list[str]) -> None:
         for option in value.split(","):
             if option and option not in ("null",) and option not in options(key):
                 raise SurgeonError(f"unknown {key} '{option}' (choose from: {', '.join(options(key))})")
+
+
+def check_output(argv: list[str]) -> None:
+    """The folder runs will write to can be made: Hydra creates it (and opens run.log in it)
+    before a run starts, and fails with a traceback where it cannot."""
+    import os
+
+    dirs = [value for key, _, value in (a.lstrip("+").partition("=") for a in argv)
+            if key in ("hydra.run.dir", "hydra.sweep.dir") and value]
+    for d in dirs or ["outputs"]:
+        path = Path(d).absolute()
+        while not path.exists():
+            path = path.parent
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise SurgeonError(f"cannot write run results under {path} (permissions): give a writable "
+                               "hydra.run.dir (or hydra.sweep.dir for -m)")

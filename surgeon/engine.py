@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from surgeon.model.placement import on_device
+from surgeon.model.placement import HOME, on_device
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _trunk(adapter):
+def trunk(adapter):
     """The decoder's modules other than its layers (embeddings, positions, rotary, norms)."""
     layers = adapter.layers()
     return [m for m in adapter.decoder().children() if m is not layers]
@@ -134,7 +134,7 @@ def sequential(adapter, windows, device: torch.device, statistics, decide, timin
         clock["forward_s"] += time.perf_counter() - t
         return outs
 
-    with on_device(_trunk(adapter), device):
+    with on_device(trunk(adapter), device):
         data = None if windows is None else capture(adapter, windows, device)
         for i, layer in enumerate(layers):
             t0 = time.time()
@@ -159,13 +159,10 @@ def sequential(adapter, windows, device: torch.device, statistics, decide, timin
 
 
 def whole_model(adapter, windows, device: torch.device, statistics, gradients: bool,
-                labels: str = "empirical", seed: int = 0) -> dict:
-    """Statistics of every layer at once: {key: statistics object}. With
-    gradients, each window runs forward + backward on the summed next-token loss (`labels`:
-    the true next tokens, or - "true" - tokens sampled from the model's own softmax); parameters
-    get no gradients (only activations do), which saves the weight-gradient matmuls and their
-    memory. Without gradients, layer by layer, nothing pruned. `statistics(i, layer)` gives
-    layer i's objects, keyed as the result."""
+                labels: str = "empirical", seed: int = 0, chunk: int = 16) -> dict:
+    """Statistics of every layer before any decision: {key: statistics object}, where
+    `statistics(i, layer)` gives layer i's objects, keyed as the result. Without gradients, layer by
+    layer as `sequential`, nothing pruned; with gradients, `gradient_pass`."""
     stats = {}
 
     def collect(i, layer):
@@ -176,37 +173,88 @@ def whole_model(adapter, windows, device: torch.device, statistics, gradients: b
     if windows is None:  # no data: the objects only (their factors need none)
         for i, layer in enumerate(adapter.layers()):
             collect(i, layer)
-        return stats
-    if not gradients:
+    elif not gradients:
         sequential(adapter, windows, device, collect, lambda i, layer, s: [])
-        return stats
-    for i, layer in enumerate(adapter.layers()):
-        collect(i, layer)
-    model = adapter.model
-    hooks = _feed(stats, gradients=True)
-    # make activations differentiable without asking for parameter gradients
-    hooks.append(model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
+    else:
+        for i, layer in enumerate(adapter.layers()):
+            collect(i, layer)
+        gradient_pass(adapter, windows, device, stats, labels, seed, chunk)
+    return stats
+
+
+def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: str = "empirical",
+                  seed: int = 0, chunk: int = 16) -> None:
+    """Feeds `stats` ({(layer, name): object}) the inputs and output gradients of every linear
+    under the summed next-token loss, with one decoder layer on the device at a time. For each
+    chunk of `chunk` windows: a forward pass layer by layer keeps every layer's input (in host
+    memory: layers x chunk x seq x hidden); the loss is taken with only the model's final norm and
+    head on the device (`labels`: the true next tokens, or - "true" - tokens sampled from the
+    model's own softmax), giving its gradient with respect to the last layer's output; then layer
+    by layer backwards, each layer is brought back, its forward recomputed from the kept input with
+    gradients on (its statistics fed here), backpropagated with the gradient from above, and the
+    gradient with respect to its input handed down. Parameters get no gradients (only
+    activations do): no weight-gradient matmuls, no memory for them."""
+    layers, model = adapter.layers(), adapter.model
+    head = [*trunk(adapter), model.get_output_embeddings()]
+    gen = torch.Generator(device=device).manual_seed(seed)
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in flags:
         p.requires_grad_(False)
-    gen = torch.Generator(device=device).manual_seed(seed)
     try:
-        with on_device(model, device):
-            for w in windows:
-                w = w.unsqueeze(0).to(device)
-                with torch.enable_grad():
-                    logits = model(w, use_cache=False).logits[:, :-1].float()
-                    if labels == "true":  # labels from the model's own predictive distribution
-                        with torch.no_grad():
-                            targets = torch.multinomial(logits.softmax(-1).reshape(-1, logits.shape[-1]), 1,
-                                                        generator=gen).view(1, -1)
-                    else:
-                        targets = w[:, 1:]
-                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                             targets.reshape(-1), reduction="sum")
-                    loss.backward()
+        for start in range(0, len(windows), chunk):
+            ws = windows[start:start + chunk]
+            with on_device(trunk(adapter), device):
+                data = capture(adapter, ws, device)
+            kept = [[x.to(HOME) for x in data.inputs]]
+            for i, layer in enumerate(layers):
+                with on_device(layer, device):
+                    outs = forward_layer(layer, [x.to(device) for x in kept[-1]], data.layer_kwargs[i])
+                kept.append([y.to(HOME) for y in outs])
+            grads = []
+            with on_device(head, device):
+                for w, x in zip(ws, kept.pop()):
+                    x = x.to(device).requires_grad_(True)
+                    with torch.enable_grad():
+                        logits = head_logits(adapter, w.unsqueeze(0).to(device), x)[:, :-1].float()
+                        flat = logits.reshape(-1, logits.shape[-1])
+                        if labels == "true":  # labels from the model's own predictive distribution
+                            with torch.no_grad():
+                                targets = torch.multinomial(flat.softmax(-1), 1, generator=gen).flatten()
+                        else:
+                            targets = w[1:].to(device)
+                        loss = torch.nn.functional.cross_entropy(flat, targets, reduction="sum")
+                        grads.append(torch.autograd.grad(loss, x)[0])
+            for i in reversed(range(len(layers))):
+                with on_device(layers[i], device):
+                    hooks = _feed({k: c for k, c in stats.items() if k[0] == i}, gradients=True)
+                    try:
+                        grads = [_backward(layers[i], x.to(device), g, data.layer_kwargs[i])
+                                 for x, g in zip(kept[i], grads)]
+                    finally:
+                        _remove(hooks)
     finally:
-        _remove(hooks)
         for p, flag in flags.items():
             p.requires_grad_(flag)
-    return stats
+
+
+def _backward(layer, x: torch.Tensor, grad_out: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The layer's forward recomputed from its input, and the gradient with respect to that input."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = layer(x, **kwargs)
+        y = y[0] if isinstance(y, tuple) else y
+        return torch.autograd.grad(y, x, grad_out)[0]
+
+
+def head_logits(adapter, window: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits for `hidden`, its last decoder layer's output on `window`: the model's
+    own code after the layers (final norm, output projection, head, any logit soft-capping), with
+    its layers stubbed out so that they hand `hidden` on."""
+    layers = adapter.layers()
+    for i, layer in enumerate(layers):
+        layer.forward = (lambda hidden_states, *a, **k: hidden) if i == 0 else (lambda hidden_states, *a, **k: hidden_states)
+    try:
+        return adapter.model(window, use_cache=False).logits
+    finally:
+        for layer in layers:
+            del layer.forward

@@ -8,7 +8,7 @@ a second, not after minutes of work; `surgeon.run.execute` then only carries the
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from surgeon import method as methods
 from surgeon import schedule as schedules
@@ -33,6 +33,9 @@ class Plan:
 
 
 def build(cfg: DictConfig) -> Plan:
+    missing = _missing(cfg)
+    if missing:
+        raise SurgeonError(f"{missing[0]} is required and has no default: add {missing[0]}=... to the command line")
     _check_run(cfg)
     structure = structures.build(cfg.structure)
     if cfg.structure.name not in cfg.method.structures:
@@ -50,6 +53,19 @@ def build(cfg: DictConfig) -> Plan:
     _check_data(cfg)
     compact = cfg.compact is True or (cfg.compact == "auto" and structure.compactable)
     return Plan(cfg, structure, schedule, method, structure.target(float(cfg.sparsity)), compact)
+
+
+def _missing(cfg, prefix: str = "") -> list[str]:
+    """Keys left at `???` (nothing resolved: an interpolation of a missing key must not raise)."""
+    out = []
+    for key in cfg.keys():
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        else:
+            node = cfg._get_node(key)
+            if isinstance(node, DictConfig):
+                out += _missing(node, f"{prefix}{key}.")
+    return out
 
 
 def _check_run(cfg) -> None:
@@ -88,6 +104,8 @@ def _check_data(cfg) -> None:
         corpora.check(name)
     if int(ev.seq_len) < 2 or int(ev.batch_size) < 1:
         raise SurgeonError(f"eval.seq_len must be >= 2 and eval.batch_size >= 1, got {ev.seq_len} and {ev.batch_size}")
+    if ev.layerwise not in ("auto", True, False):
+        raise SurgeonError(f"eval.layerwise must be auto, true or false, got {ev.layerwise}")
     if ev.max_tokens is not None and int(ev.max_tokens) < int(ev.seq_len):
         raise SurgeonError(f"eval.max_tokens={ev.max_tokens} is less than one window of eval.seq_len={ev.seq_len} "
                            "tokens: raise it, or set it to null for the whole corpus")

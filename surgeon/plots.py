@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from surgeon.tables import cli, to_wandb, label, setting  # noqa: E402
+from surgeon.tables import cli, group, label, setting, to_wandb  # noqa: E402
 
 
 def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
@@ -42,6 +42,9 @@ def plot_allocation(r: dict, path: Path) -> None:
     ax.axhline(r["achieved_sparsity"], color="grey", ls="--", lw=1, label="model")
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("fraction removed")
+    top = max(y for pts in allocation_by_layer(r).values() for _, y in pts)
+    ax.set_ylim(0.0, min(1.0, 1.15 * top + 0.02))  # fractions on a plain axis: no offset turns noise into spikes
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_title(f"{r['model']} {label(r)} {setting(r)}: per-layer allocation", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -129,21 +132,28 @@ def _save(fig, path: Path) -> None:
 
 def main(argv=None) -> None:
     results, out, args = cli(argv, __doc__.splitlines()[0], "the figures")
+    groups = defaultdict(list)  # runs whose figures compare (tables.group); figures of each kept apart
     for r in results:
-        name = re.sub(r"[^A-Za-z0-9_-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
-        plot_allocation(r, out / name)
-        print(out / f"{name}.png")
-        if r.get("training"):
-            curve = name.replace("allocation_", "training_", 1)
-            plot_training(r, out / curve)
-            print(out / f"{curve}.png")
-    by_structure = defaultdict(list)
-    for r in results:
-        by_structure[r["structure"].replace(":", "-")].append(r)
-    for s, rs in by_structure.items():
-        plot_shots(rs, out / f"shots_{s}")
-        plot_sweep(rs, out / f"ppl_vs_sparsity_{s}")
-        print(out / f"ppl_vs_sparsity_{s}.png")
+        groups[group(r)].append(r)
+    for k, (key, rs) in enumerate(groups.items()):
+        prefix = "" if len(groups) == 1 else f"group{k}_"
+        if prefix:
+            print(f"{prefix[:-1]}: {key}")
+        for r in rs:
+            name = prefix + re.sub(r"[^A-Za-z0-9_-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
+            plot_allocation(r, out / name)
+            print(out / f"{name}.png")
+            if r.get("training"):
+                curve = name.replace("allocation_", "training_", 1)
+                plot_training(r, out / curve)
+                print(out / f"{curve}.png")
+        by_structure = defaultdict(list)
+        for r in rs:
+            by_structure[r["structure"].replace(":", "-")].append(r)
+        for s, same in by_structure.items():
+            plot_shots(same, out / f"{prefix}shots_{s}")
+            plot_sweep(same, out / f"{prefix}ppl_vs_sparsity_{s}")
+            print(out / f"{prefix}ppl_vs_sparsity_{s}.png")
     to_wandb(args, "figures", sorted(out.glob("*.png")) + sorted(out.glob("*.pdf")))
 
 

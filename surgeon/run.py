@@ -35,10 +35,10 @@ def _threads(cfg) -> int:
     return cores
 
 
-def execute(cfg: DictConfig, out_dir: Path) -> dict:
+def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
     import torch
 
-    from surgeon import engine
+    from surgeon import engine, estimate
     from surgeon import model as models
     from surgeon import plan as plans
     from surgeon.context import Context
@@ -47,12 +47,14 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
     from surgeon.tracking import results, wandb_logger
 
     t_start, times = time.time(), {}
-    plan = plans.build(cfg)  # every option checked, before any model is loaded
+    plan = plan or plans.build(cfg)  # every option checked, before any model is loaded
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(_threads(cfg))
     device = engine.resolve_device(cfg.device)
+    results.start_accounting(device)
 
     model, tokenizer = models.load(cfg.model)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     adapter = models.adapter_for(model)
     plan.structure.check(adapter)
     bos = tokenizer.bos_token_id if cfg.model.add_bos else None
@@ -60,7 +62,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
 
     t = time.time()
     evaluator = Evaluator(cfg.eval, tokenizer, bos, device)
-    ppl_dense, zs_dense = evaluator.dense(model, {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos})
+    estimate.warn(adapter, cfg, plan, device, sum(evaluator.protocol["tokens"].values()))
+    weights = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos, "weights": models.weights_id(cfg.model)}
+    ppl_dense, zs_dense = evaluator.dense(model, weights)
     times["eval_dense"] = time.time() - t
     params_dense = adapter.prunable_parameters()
 
@@ -96,8 +100,9 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         compaction = compact_and_measure(model, tokenizer, evaluator, device, cfg, out_dir)
         times["compact"] = time.time() - t
     elif cfg.save:
-        model.save_pretrained(out_dir / "model")
-        tokenizer.save_pretrained(out_dir / "model")
+        from surgeon import compact
+
+        compact.save(model, tokenizer, out_dir / "model")
     times["total"] = time.time() - t_start
 
     res = results.record(plan, {
@@ -107,14 +112,17 @@ def execute(cfg: DictConfig, out_dir: Path) -> dict:
         "zero_shot_dense": zs_dense, "zero_shot": zs,
         "calibration": None if windows is None else {  # None: the method used no data
             "corpus": cal.corpus, "num_samples": int(cal.num_samples), "seq_len": int(cal.seq_len)},
-        "time_s": times, "shots": shots, "layers": records, "training": None, "compaction": compaction,
+        "time_s": times, "memory": results.memory(model_bytes, device),
+        "shots": shots, "layers": records, "training": None, "compaction": compaction,
         **extra_eval, **plan.method.report()}, device)
-    results.write_json_atomic(out_dir / "results.json", res)
+    unsaved = results.save(res, out_dir)  # None, or the error naming where the results went instead
     logger.summary({k: v for k, v in res.items() if k not in ("layers", "config")})
     logger.log({**{f"ppl/{k}": v for k, v in ppl.items()}, "achieved_sparsity": res["achieved_sparsity"],
                 **({f"zero_shot/{k}": v for k, v in zs["primary"].items()} | {"zero_shot/mean": zs["mean"]} if zs else {})})
     logger.finish()
     print(summary_line(res), flush=True)
+    if unsaved:
+        raise unsaved
     return res
 
 
@@ -160,28 +168,49 @@ def summary_line(res: dict) -> str:
             f"{res['time_s']['total']:.0f}s, peak {res['peak_rss_mb']:.0f} MB")
 
 
+def report(error: Exception) -> str:
+    """A known failure as one line: on stderr, and in the run's log file (run.log)."""
+    line = f"error: {error}"
+    if isinstance(error, OSError):
+        line = f"error: {error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+    print(line, file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.LogRecord("surgeon", logging.ERROR, __file__, 0, line, None, None))
+    return line
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> float | None:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    done = out_dir / "results.json"
-    if cfg.resume and done.exists():  # written atomically, so it exists only for finished runs
-        print(f"[surgeon] {out_dir} already has results.json: skipped (resume=false reruns it)")
-        return None
+def app(cfg: DictConfig) -> dict:
+    """One job: claim its folder (surgeon/tracking/run_dir.py), run it, report how it ended
+    (a sweep's summary reads the returned status)."""
+    from surgeon import plan as plans
+    from surgeon.tracking import run_dir
+
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     try:
-        res = execute(cfg, out_dir)
-    except SurgeonError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        if HydraConfig.get().mode.name == "MULTIRUN":
-            return None  # one bad job must not take the sweep down
+        plan = plans.build(cfg)  # a bad option fails here, before the folder is touched
+        with run_dir.claim(out_dir, cfg, hc) as held:
+            if held.skip:
+                print(f"[surgeon] {out_dir} already holds this run's results.json: skipped "
+                      "(resume=false runs it again)", flush=True)
+                return {"status": "skipped"}
+            res = execute(cfg, out_dir, plan)
+    except (SurgeonError, OSError) as e:
+        line = report(e)
+        if hc.mode.name == "MULTIRUN":
+            return {"status": "failed", "error": line}  # one bad job must not take the sweep down
         sys.exit(2)
-    return next(iter(res["ppl"].values()))
+    return {"status": "done", "ppl": res["ppl"]}
 
 
 def main() -> None:
     try:
         config_checks.check_overrides(sys.argv[1:])
+        config_checks.check_output(sys.argv[1:])
     except SurgeonError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report(e)
         sys.exit(2)
     app()
 

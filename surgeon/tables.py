@@ -1,13 +1,20 @@
 """`python -m surgeon.tables DIR [DIR ...]`: paper-style tables from many results.json.
 
-Rows are methods (dense first), columns are (structure, sparsity) settings, one table per eval
+Runs are grouped by what makes figures comparable - the model, its dtype and the evaluation
+protocol (window length, tokens per corpus) - and each group gets its own tables (a heading per
+group when there are several); nothing of one group lands in another's cells. Within a group,
+rows are methods (dense first), columns are (structure, sparsity) settings, one table per eval
 corpus; the best pruned perplexity of each column is bold. Runs with zero-shot accuracy add a
 table in the zero-shot papers' layout: a row per (method, setting), a column per task and the
-mean, the best pruned accuracy bold. Writes tables.md and tables.tex next to the first directory
-and prints the Markdown.
+mean, the best pruned accuracy bold. Two runs of one cell are never silently merged: with
+different seeds the cell shows their mean ± standard deviation (n runs); with the same seed the
+newest is shown and a warning names both. Writes tables.md and tables.tex next to the first
+directory and prints the Markdown.
 """
 import argparse
 import json
+import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,13 +27,49 @@ METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", 
 
 
 def load_results(dirs) -> list[dict]:
+    """Every results.json under `dirs`, each with where it came from (`_path`, `_mtime`)."""
     found = []
     for d in dirs:
         d = Path(d)
         paths = [d] if d.is_file() else sorted(d.rglob("results.json"))
         for p in paths:
-            found.append(json.loads(p.read_text()))
+            found.append({**json.loads(p.read_text()), "_path": str(p), "_mtime": p.stat().st_mtime})
     return found
+
+
+def group(r: dict) -> str:
+    """What a run's figures can be compared within: model, dtype, evaluation protocol."""
+    p = r.get("eval_protocol", {})
+    tokens = ", ".join(f"{c} {n:,}" for c, n in p.get("tokens", {}).items())
+    dtype = r.get("config", {}).get("model", {}).get("dtype", "float32")
+    return f"{r.get('model', '?')}, {dtype}, {p.get('seq_len', '?')}-token windows ({tokens})"
+
+
+class Seeds(float):
+    """A cell measured by runs with different seeds: their mean, with the spread and count."""
+
+    def __new__(cls, values):
+        self = super().__new__(cls, statistics.fmean(values))
+        self.std, self.n = statistics.stdev(values), len(values)
+        return self
+
+
+def merge(runs: list[tuple[int, float, object, str]], what: str):
+    """One cell from the runs that measured it: (seed, time, value, source) each."""
+    by_seed = defaultdict(list)
+    for seed, mtime, value, source in runs:
+        by_seed[seed].append((mtime, value, source))
+    kept = {}
+    for seed, same in by_seed.items():
+        same.sort()
+        if len(same) > 1:
+            print(f"warning: {len(same)} runs of {what} with seed {seed} ({', '.join(s for _, _, s in same)}): "
+                  f"the newest ({same[-1][2]}) is shown", file=sys.stderr)
+        kept[seed] = same[-1][1]
+    values = list(kept.values())
+    if len(values) == 1 or not all(isinstance(v, (int, float)) for v in values):
+        return values[-1]
+    return Seeds(values)
 
 
 def setting(r: dict, sparsity: float | None = None) -> str:
@@ -74,19 +117,24 @@ def points(r: dict) -> list[tuple[str, dict]]:
 
 
 def build(results: list[dict]) -> dict:
-    """{corpus: {"columns": [...], "rows": {method: {column: ppl}}}} plus a dense row."""
+    """{corpus: {"columns": [...], "rows": {method: {column: ppl}}}} plus a dense row, for runs of
+    one group."""
     tables = {}
     corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
     columns = sorted({col for r in results for col, _ in points(r)}, key=lambda s: (":" in s, s))
     for corpus in corpora:
-        table = defaultdict(dict)
+        cells, dense = defaultdict(lambda: defaultdict(list)), None
         for r in results:
             for name, pts in rows(r):
                 for col, ppl in pts:
                     if corpus in ppl:
-                        table[name][col] = ppl[corpus]
-                        table["dense"] = {c: r["ppl_dense"][corpus] for c in columns}
-        tables[corpus] = {"columns": columns, "rows": dict(table)}
+                        cells[name][col].append((r.get("seed", 0), r.get("_mtime", 0), ppl[corpus],
+                                                 r.get("_path", "?")))
+                        dense = r["ppl_dense"][corpus]
+        table = {name: {col: merge(runs, f"{name} {col} ({corpus})") for col, runs in row.items()}
+                 for name, row in cells.items()}
+        table["dense"] = dict.fromkeys(columns, dense)
+        tables[corpus] = {"columns": columns, "rows": table}
     return tables
 
 
@@ -107,11 +155,16 @@ def zero_shot(results: list[dict]) -> dict | None:
         return None
     tasks = {t for r in runs_zs for t in r["zero_shot"]["primary"]}
     columns = sorted(tasks, key=lambda t: (STANDARD.index(t) if t in STANDARD else 99, t)) + ["mean"]
+    cells = defaultdict(lambda: defaultdict(list))
     table = {}
     for r in runs_zs:
-        for name, zs in (("dense", r.get("zero_shot_dense")), (f"{label(r)}, {setting(r)}", r["zero_shot"])):
-            if zs:
-                table[name] = {**zs["primary"], "mean": zs["mean"]}
+        if r.get("zero_shot_dense"):
+            table["dense"] = {**r["zero_shot_dense"]["primary"], "mean": r["zero_shot_dense"]["mean"]}
+        for task, acc in {**r["zero_shot"]["primary"], "mean": r["zero_shot"]["mean"]}.items():
+            cells[f"{label(r)}, {setting(r)}"][task].append((r.get("seed", 0), r.get("_mtime", 0), acc,
+                                                               r.get("_path", "?")))
+    for name, row in cells.items():
+        table[name] = {task: merge(runs, f"{name} {task}") for task, runs in row.items()}
     return {"columns": columns, "rows": table}
 
 
@@ -126,11 +179,16 @@ def _tex(text: str) -> str:
     return text.replace("_", "\\_").replace("%", "\\%")
 
 
+def _value(v, num, pm: str = "±") -> str:
+    """A cell: the value, or for runs of several seeds their mean ± std (n)."""
+    return f"{num(v)} {pm} {num(v.std)} (n={v.n})" if isinstance(v, Seeds) else num(v)
+
+
 def _md_block(title: str, table: dict, num, best_of=min) -> list[str]:
     """One Markdown table: a row per method, `num` formats a value, the best pruned one bold."""
     out = [title + "\n", "| method | " + " | ".join(table["columns"]) + " |", "|---|" + "---:|" * len(table["columns"])]
     for m, cells in _cells(table, best_of):
-        fmt = [("—" if v is None else (f"**{num(v)}**" if b else num(v))) for v, b in cells]
+        fmt = [("—" if v is None else (f"**{_value(v, num)}**" if b else _value(v, num))) for v, b in cells]
         out.append(f"| {m} | " + " | ".join(fmt) + " |")
     return out + [""]
 
@@ -139,7 +197,8 @@ def _tex_block(comment: str, table: dict, num, best_of=min) -> list[str]:
     out = [f"% {comment}", "\\begin{tabular}{l" + "r" * len(table["columns"]) + "}", "\\toprule",
            "Method & " + " & ".join(_tex(c) for c in table["columns"]) + " \\\\", "\\midrule"]
     for m, cells in _cells(table, best_of):
-        fmt = [("--" if v is None else (f"\\textbf{{{num(v)}}}" if b else num(v))) for v, b in cells]
+        values = [None if v is None else _value(v, num, "$\\pm$") for v, _ in cells]
+        fmt = [("--" if v is None else (f"\\textbf{{{v}}}" if b else v)) for v, (_, b) in zip(values, cells)]
         out.append(_tex(m) + " & " + " & ".join(fmt) + " \\\\")
     return out + ["\\bottomrule", "\\end{tabular}", ""]
 
@@ -243,8 +302,8 @@ def to_wandb(args, kind: str, paths) -> None:
         print(f"logged {kind} to W&B group {args.group} ({where}; `wandb sync` uploads an offline run)")
 
 
-def main(argv=None) -> None:
-    results, out, args = cli(argv, __doc__.splitlines()[0], "tables.md / tables.tex")
+def render(results: list[dict]) -> tuple[str, str]:
+    """(Markdown, LaTeX) of one group of runs."""
     tables = build(results)
     md = markdown(tables, protocol_note(results))
     tex = latex(tables)
@@ -256,6 +315,22 @@ def main(argv=None) -> None:
     comp = compaction(results)
     if comp:
         md += "\n**Compaction** (dense-shaped masked model vs compacted; ms per generated token)\n\n" + comp
+    return md, tex
+
+
+def main(argv=None) -> None:
+    results, out, args = cli(argv, __doc__.splitlines()[0], "tables.md / tables.tex")
+    groups = defaultdict(list)
+    for r in results:
+        groups[group(r)].append(r)
+    parts = [(key, *render(rs)) for key, rs in groups.items()]
+    if len(parts) == 1:
+        md, tex = parts[0][1:]
+    else:
+        print(f"note: {len(parts)} groups of runs that cannot share a table (model, dtype or eval protocol "
+              "differ): one section each", file=sys.stderr)
+        md = "\n".join(f"## {key}\n\n{m}" for key, m, _ in parts)
+        tex = "\n".join(f"% {key}\n{t}" for key, _, t in parts)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(md)
     (out / "tables.tex").write_text(tex)

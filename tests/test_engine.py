@@ -97,3 +97,40 @@ def test_on_device_sends_modules_home_even_when_the_work_fails():
             assert moves == ["cuda", "cuda"]
             raise RuntimeError("boom")
     assert moves == ["cuda", "cuda", "cpu", "cpu"]
+
+
+def _bytes(modules) -> int:
+    return sum(p.numel() * p.element_size() for p in {id(p): p for m in modules for p in m.parameters()}.values())
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_layerwise_perplexity_equals_the_whole_models(name):
+    from surgeon.eval.perplexity import perplexity, perplexity_layerwise
+    from surgeon.model.placement import RESIDENT
+
+    model = tiny_model(name)
+    adapter = adapter_for(model)
+    windows, prefix = torch.randint(0, 256, (3, 24)), torch.randint(0, 256, (5,))
+    for pre in (None, prefix):
+        whole = perplexity(model, windows, CPU, batch_size=1, prefix=pre)
+        RESIDENT.reset()
+        assert perplexity_layerwise(adapter, windows, CPU, prefix=pre) == pytest.approx(whole, rel=1e-6)
+        bound = _bytes([*engine.trunk(adapter), model.get_output_embeddings()]) + max(map(_bytes, [[lay] for lay in adapter.layers()]))
+        assert 0 < RESIDENT.peak <= bound < _bytes([model])
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "kfac"])
+def test_passes_hold_one_layer_and_the_trunk_on_the_device(method):
+    """The layer-by-layer pass and the whole-model gradient pass never hold the model at once."""
+    from surgeon.model.placement import RESIDENT
+
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    if method == "kfac":
+        m = Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac", chunk=2), Unstructured())
+    else:
+        m = Method(*METHODS["sparsegpt"], Unstructured())
+    RESIDENT.reset()
+    prune(adapter, m, 0.3, torch.randint(0, 256, (3, 16)))
+    one_layer = _bytes([*engine.trunk(adapter), model.get_output_embeddings()]) + _bytes([adapter.layers()[0]])
+    assert 0 < RESIDENT.peak <= one_layer < _bytes([model])

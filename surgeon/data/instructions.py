@@ -15,6 +15,7 @@ import torch
 
 from surgeon import assets
 from surgeon.data import olmo
+from surgeon.data.corpora import check_text_file
 from surgeon.errors import SurgeonError
 
 SOURCES = ("olmo_reasoning",)
@@ -55,6 +56,7 @@ def check(cfg) -> None:
     if cfg.path:
         if not Path(cfg.path).is_file():
             raise SurgeonError(f"method.data.path '{cfg.path}' is not a file")
+        check_text_file(Path(cfg.path), "method.data.path")
     elif cfg.source not in SOURCES:
         raise SurgeonError(f"method.data.source '{cfg.source}' is not one of {', '.join(SOURCES)} (or give data.path)")
     else:

@@ -23,13 +23,27 @@ class Evaluator:
     def zero_shot_on(self) -> bool:
         return bool(self.cfg.zero_shot.tasks)
 
+    def layerwise(self, model) -> bool:
+        """Perplexity one decoder layer at a time: as `eval.layerwise` says, or (auto) when the
+        model's parameters would fill more than 80% of the free memory of an accelerator."""
+        if self.cfg.layerwise != "auto":
+            return bool(self.cfg.layerwise)
+        if self.device.type != "cuda":
+            return False
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        return size > 0.8 * torch.cuda.mem_get_info(self.device)[0]
+
     def perplexity(self, model, tag: str, max_tokens: int | None = None, prefix=None) -> dict:
         """{corpus: perplexity}, on the first `max_tokens` tokens of each corpus (None: all)."""
         windows = {c: w if max_tokens is None else w[: max(1, int(max_tokens) // w.shape[1])]
                    for c, w in self.windows.items()}
+        progress = lambda m: log.info("%s %s", tag, m)  # noqa: E731
+        if self.layerwise(model):
+            return ppl.evaluate(model, windows, self.device, int(self.cfg.batch_size), progress, prefix,
+                                self.bos is not None, layerwise=True)
         with on_device(model, self.device):
-            return ppl.evaluate(model, windows, self.device, int(self.cfg.batch_size),
-                                lambda m: log.info("%s %s", tag, m), prefix, self.bos is not None)
+            return ppl.evaluate(model, windows, self.device, int(self.cfg.batch_size), progress, prefix,
+                                self.bos is not None)
 
     def zero_shot(self, model) -> dict:
         with on_device(model, self.device):

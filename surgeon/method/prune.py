@@ -101,7 +101,8 @@ class Method:
                                      lambda i, layer, stats: self.decide(adapter, [i], stats, ratio(i)), timings)
         t = time.time()
         stats = engine.whole_model(adapter, windows, device, statistics, self.gradients,
-                                   self.backend.labels(self.curvature_cfg), seed)
+                                   self.backend.labels(self.curvature_cfg), seed,
+                                   int(self.curvature_cfg.chunk) if self.gradients else 1)
         timings["curvature_s"] = time.time() - t
         log.info("curvature of %d linears estimated in %.1fs", len(stats), timings["curvature_s"])
         t = time.time()

@@ -1,5 +1,5 @@
 """Models: loading (`load.py`) and architecture adapters (`adapters/`)."""
 from surgeon.model.adapters import Adapter, adapter_for
-from surgeon.model.load import check, load
+from surgeon.model.load import check, load, weights_id
 
-__all__ = ["Adapter", "adapter_for", "check", "load"]
+__all__ = ["Adapter", "adapter_for", "check", "load", "weights_id"]

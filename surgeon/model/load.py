@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from surgeon import assets
+from surgeon import assets, cache
 from surgeon.errors import SurgeonError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ def check(cfg: DictConfig) -> None:
             assets.require(module)
     elif cfg.source == "local" and not Path(cfg.path).is_dir():
         raise SurgeonError(f"model.path '{cfg.path}' is not a folder")
+    elif cfg.source == "local" and not (Path(cfg.path) / "config.json").is_file():
+        raise SurgeonError(f"model.path '{cfg.path}' holds no config.json: give the folder a transformers "
+                           "checkpoint was saved to (save_pretrained)")
     elif cfg.source == "hub" and not _hub_available(cfg.id):
         raise SurgeonError(f"model '{cfg.id}' needs the Hugging Face hub, which is unreachable from "
                            f"here and has no cached copy; offline models: {OFFLINE_MODELS}")
@@ -95,12 +98,28 @@ def _tiny(cfg: DictConfig, dtype):
     return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
+_verified: set[Path] = set()  # model caches checked in this process
+
+
 def _dequantized_folder(cfg: DictConfig) -> Path:
-    """Dequantize the packaged GGUF once into a safetensors folder; later loads take ~0.2 s."""
+    """Dequantize the packaged GGUF once into a safetensors folder; later loads take ~0.2 s plus
+    the check of its files against their checksums (and of the GGUF against the one it was made
+    from): a damaged or stale folder is rebuilt, with one log line."""
     folder = assets.cache_dir("models") / cfg.name
-    if (folder / "config.json").exists():
+    if folder in _verified:
         return folder
+    if folder.exists():
+        reason = cache.damage(folder)
+        source = _source_path(cfg)
+        if reason is None and source.exists() and not cache.unchanged(cache.manifest(folder)["source"], source):
+            reason = f"its source {source} changed"
+        if reason is None:
+            _verified.add(folder)
+            return folder
+        cache.discard(folder, reason)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    from surgeon.tracking.results import shareable
 
     gguf = _gguf_file(cfg)
     log.info("dequantizing %s once into %s", gguf, folder)
@@ -111,9 +130,37 @@ def _dequantized_folder(cfg: DictConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{cfg.name}."))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    cache.write_manifest(tmp, cache.stamp(gguf))
+    shareable(tmp, directory=True)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # atomic: a crashed dequantization never leaves a half folder
+    _verified.add(folder)
     return folder
+
+
+def _source_path(cfg: DictConfig) -> Path:
+    """Where the GGUF is (or, for joined ones, will be) without joining it."""
+    if cfg.get("assemble") or cfg.get("parts_glob"):
+        return assets.cache_dir("gguf") / cfg.file
+    return assets.asset_path(cfg.packages[0], cfg.file)
+
+
+def weights_id(cfg: DictConfig) -> str:
+    """What identifies the weights a run loads, for caches of figures measured on them (dense
+    perplexity): the checked files of a model cache, a local folder's files, a hub snapshot, a
+    tiny model's config and seed."""
+    if cfg.source == "gguf_package":
+        return cache.digest(cache.manifest(_dequantized_folder(cfg))["files"])
+    if cfg.source == "local":
+        return cache.digest([(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                             for p in sorted(Path(cfg.path).iterdir()) if p.is_file()])
+    if cfg.source == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(cfg.id, "config.json")
+        return f"{cfg.id}@{Path(found).parent.name if isinstance(found, str) else 'main'}"
+    return cache.digest({"config": OmegaConf.to_container(cfg.config, resolve=True), "seed": cfg.init_seed,
+                         "type": cfg.model_type})
 
 
 def _gguf_file(cfg: DictConfig) -> Path:

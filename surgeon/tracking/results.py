@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -14,13 +15,47 @@ from omegaconf import OmegaConf
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "lm_eval", "hydra-core", "surgeon")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path, directory: bool = False) -> None:
+    """The mode a plain open() would give (mkstemp / mkdtemp make files 0600, folders 0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def write_json_atomic(path, data) -> None:
+    """Written to a temporary file beside it, then renamed: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        shareable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(res: dict, out_dir: Path):
+    """Writes `<out_dir>/results.json`. If that fails (the folder went away or became read-only
+    during the run), the finished work is written to a fallback folder instead, and the returned
+    SurgeonError says where; None when all went well."""
+    from surgeon import assets
+    from surgeon.errors import SurgeonError
+
+    try:
+        write_json_atomic(out_dir / "results.json", res)
+        return None
+    except OSError as e:
+        fallback = assets.cache_dir("unsaved", f"{time.strftime('%Y%m%d-%H%M%S')}_{out_dir.name}") / "results.json"
+        write_json_atomic(fallback, res)
+        return SurgeonError(f"cannot write {out_dir / 'results.json'} ({e.strerror}); the results were "
+                            f"written to {fallback}")
 
 
 def linear_record(layer: int, name: str, weight, **extra) -> dict:
@@ -35,6 +70,30 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def start_accounting(device) -> None:
+    """Peaks from here on: parameters on the compute device, accelerator memory."""
+    import torch
+
+    from surgeon.model.placement import RESIDENT
+
+    RESIDENT.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory(model_bytes: int, device) -> dict:
+    """What the run held: the model's parameter bytes, the peak bytes of them on the compute
+    device at once (one layer plus the trunk for a layer-by-layer pass), the peak accelerator
+    memory allocated (CUDA), and the peak resident host memory."""
+    import torch
+
+    from surgeon.model.placement import RESIDENT
+
+    return {"model_param_bytes": model_bytes, "peak_device_param_bytes": RESIDENT.peak,
+            "peak_accelerator_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _git_commit() -> str | None:

@@ -160,6 +160,10 @@ class Adapter:
         att = self.attention(layer)
         return [att.q, att.k, att.v, *self.mlp(layer).inputs]
 
+    def max_positions(self) -> int | None:
+        """The longest window the model was built for (None: no limit stated)."""
+        return getattr(self.config, "max_position_embeddings", None)
+
     def hidden_multiple(self) -> int:
         """transformers' configs want the hidden size to divide by the head count."""
         return self.config.num_attention_heads
