@@ -32,7 +32,10 @@ def warn(adapter, cfg, plan, device: torch.device, eval_tokens: int) -> list[str
     """Logs and returns this run's warnings. `eval_tokens`: tokens of one evaluation (all corpora)."""
     out = []
     positions = adapter.max_positions()
-    for key, n in (("calibration.seq_len", int(cfg.calibration.seq_len)), ("eval.seq_len", int(cfg.eval.seq_len))):
+    lengths = [("eval.seq_len", int(cfg.eval.seq_len))]
+    if plan.method.needs_data:
+        lengths.insert(0, ("calibration.seq_len", int(cfg.calibration.seq_len)))
+    for key, n in lengths:
         if positions and n > positions:
             out.append(f"{key}={n} is beyond the model's {positions} positions: windows mean nothing past them")
     rate = seconds_per_token(adapter, device)

@@ -134,3 +134,30 @@ def test_passes_hold_one_layer_and_the_trunk_on_the_device(method):
     prune(adapter, m, 0.3, torch.randint(0, 256, (3, 16)))
     one_layer = _bytes([*engine.trunk(adapter), model.get_output_embeddings()]) + _bytes([adapter.layers()[0]])
     assert 0 < RESIDENT.peak <= one_layer < _bytes([model])
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "kfac"])
+def test_bfloat16_weights_stay_bfloat16_and_prune_as_float32_does(method):
+    """model.dtype=bfloat16: the weights stay in bf16 while statistics, inverses and updates run
+    in float32 - the masks are those of the fp32 model run in the same way (up to bf16 rounding of
+    the layer inputs), and pruned perplexity follows fp32's."""
+    from surgeon.eval.perplexity import perplexity
+
+    windows, ev = torch.randint(0, 256, (4, 32)), torch.randint(0, 256, (4, 32))
+    if method == "kfac":
+        make = lambda: Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac"),  # noqa: E731
+                              Unstructured())
+    else:
+        make = lambda: Method(*METHODS[method], Unstructured())  # noqa: E731
+    models = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny_model("tiny_llama").to(dtype)
+        prune(adapter_for(model), make(), 0.5, windows)
+        models[dtype] = model
+    half, full = models[torch.bfloat16], models[torch.float32]
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    masks = [(a.weight == 0) == (b.weight == 0) for a, b in zip(half.modules(), full.modules())
+             if isinstance(a, torch.nn.Linear) and a is not half.get_output_embeddings()]
+    agree = torch.cat([m.flatten() for m in masks]).float().mean().item()
+    assert agree > 0.97, agree
+    assert perplexity(half, ev, CPU) == pytest.approx(perplexity(full, ev, CPU), rel=0.02)

@@ -74,7 +74,9 @@ class NM(Unstructured):
             allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
                        for g, d, c in zip(groups, drop, costs)]
             return cheapest(allowed, sparsity, scope)
-        chosen = cheapest([d.values.sum(2) for d in drop], min(1.0, sparsity / (1 - n / m)), scope)
+        fraction = sparsity / (1 - n / m)
+        chosen = ([torch.ones_like(d.values[..., 0], dtype=torch.bool) for d in drop] if fraction >= 1  # the pattern
+                  else cheapest([d.values.sum(2) for d in drop], fraction, scope))
         return [(torch.zeros_like(g, dtype=torch.bool).scatter_(2, d.indices, True) & ch.unsqueeze(2))
                 .reshape(g.shape[0], -1) for g, d, ch in zip(groups, drop, chosen)]
 
