@@ -8,6 +8,12 @@ is its own:
 - model width: 2-layer Llama-shaped models with random weights (model=random_llama, MLP 3x
   wider) at 2,048 tokens.
 Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
+
+`--solve` times the correlated update alone on one matrix at growing shapes (SmolLM2's MLP,
+1024 / 2816, TinyLlama's 2048 / 5632): a shot removing 10% of each row, chunks of up to 500,
+random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
+(method.solve_batch=1) against batches of 64; with the loss each reaches,
+1/2 tr(dW^T G dW A), relative to the sequential one. Writes outputs/bench/surgeon_solve.{json,md}.
 """
 import json
 import subprocess
@@ -30,8 +36,57 @@ def points():
             "model.layers=2", f"model.heads={heads}", f"model.kv_heads={max(1, heads // 2)}"]
 
 
+SOLVE_SHAPES = [(1536, 576), (2816, 1024), (5632, 2048)]
+
+
+def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 500) -> list[dict]:
+    import torch
+
+    from surgeon.update.correlated import correlated_update
+
+    def spd(n, gen):
+        X = torch.randn(n, 2048, generator=gen)
+        F = X @ X.T / 2048
+        F += 0.01 * F.diag().mean() * torch.eye(n)
+        return torch.linalg.inv(F), F
+
+    rows_out = []
+    for R, C in SOLVE_SHAPES:
+        gen = torch.Generator().manual_seed(0)
+        (Ginv, G), (Ainv, A) = spd(R, gen), spd(C, gen)
+        W = torch.randn(R, C, generator=gen)
+        mask = torch.rand(R, C, generator=gen).argsort(1) < int(fraction * C)  # a fraction of every row
+        r, c = mask.nonzero(as_tuple=True)
+        losses = {}
+        for b in batches:
+            t = time.perf_counter()
+            new = correlated_update(W.clone(), Ginv, Ainv, r, c, max_correlate, b)
+            seconds = time.perf_counter() - t
+            dW = new - W
+            losses[b] = 0.5 * float(((G @ dW @ A) * dW).sum())
+            rows_out.append({"shape": f"{R} x {C}", "removed": int(mask.sum()), "solve_batch": b,
+                             "seconds": round(seconds, 2), "loss_vs_sequential": round(losses[b] / losses[batches[0]], 5),
+                             "threads": torch.get_num_threads()})
+            print(rows_out[-1], flush=True)
+    return rows_out
+
+
+def _table(rows) -> str:
+    keys = list(rows[0])
+    return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
+                     ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]) + "\n"
+
+
 def main(extra=None) -> None:
     extra = sys.argv[1:] if extra is None else extra
+    if extra[:1] == ["--solve"]:
+        root = Path("outputs/bench")
+        root.mkdir(parents=True, exist_ok=True)
+        rows = solve_points()
+        (root / "surgeon_solve.json").write_text(json.dumps({"rows": rows}, indent=2))
+        (root / "surgeon_solve.md").write_text(_table(rows))
+        print(_table(rows))
+        return
     root = Path("outputs/bench")
     rows = []
     for name, overrides in points():
@@ -46,11 +101,9 @@ def main(extra=None) -> None:
                      "curvature_s": round(shot["curvature_s"], 1), "update_s": round(shot["update_s"], 1),
                      "shot_s": round(shot["prune_s"], 1), "peak_rss_mb": round(res["peak_rss_mb"]),
                      "threads": res["threads"], "wall_s": round(time.time() - t, 1)})
-    keys = list(rows[0])
-    md = "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
-                   ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows])
+    md = _table(rows)
     (root / "surgeon.json").write_text(json.dumps({"settings": COMMON + list(extra), "rows": rows}, indent=2))
-    (root / "surgeon.md").write_text(md + "\n")
+    (root / "surgeon.md").write_text(md)
     print(md)
 
 

@@ -49,8 +49,9 @@ def check_overrides(argv: list[str]) -> None:
 
 def check_output(argv: list[str]) -> None:
     """The folder runs will write to can be made: Hydra creates it (and opens run.log in it)
-    before a run starts, and fails with a traceback where it cannot."""
-    import os
+    before a run starts, and fails with a traceback where it cannot. Tried, not inferred from
+    permission bits (which root ignores, and read-only file systems do not show)."""
+    import tempfile
 
     dirs = [value for key, _, value in (a.lstrip("+").partition("=") for a in argv)
             if key in ("hydra.run.dir", "hydra.sweep.dir") and value]
@@ -58,6 +59,28 @@ def check_output(argv: list[str]) -> None:
         path = Path(d).absolute()
         while not path.exists():
             path = path.parent
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise SurgeonError(f"cannot write run results under {path} (permissions): give a writable "
-                               "hydra.run.dir (or hydra.sweep.dir for -m)")
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise SurgeonError(f"cannot write run results under {path} ({e.strerror}): give a writable "
+                               "hydra.run.dir (or hydra.sweep.dir for -m)") from None
+
+
+def check_composes(argv: list[str]) -> None:
+    """The command line's overrides compose (Hydra's own message for a key that is not in the
+    config spans six lines and a hint)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+").startswith("hydra")]
+    if any("," in a.partition("=")[2] for a in overrides):
+        return  # a sweep's lists: each job composes on its own
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=overrides)
+    except HydraException as e:
+        cause = e.__cause__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause).strip() else ""
+        raise SurgeonError(f"{lines[0].rstrip('.')}{why}" + "".join(f" ({ln})" for ln in lines[1:2])) from None

@@ -208,6 +208,7 @@ def app(cfg: DictConfig) -> dict:
 def main() -> None:
     try:
         config_checks.check_overrides(sys.argv[1:])
+        config_checks.check_composes(sys.argv[1:])
         config_checks.check_output(sys.argv[1:])
     except SurgeonError as e:
         report(e)

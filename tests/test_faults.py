@@ -3,6 +3,7 @@ Config, file, cache, device and output-folder failures, on tiny models."""
 import importlib
 import json
 import os
+import tempfile
 import subprocess
 import sys
 
@@ -64,10 +65,27 @@ def test_an_unwritable_output_folder_fails_in_one_line(tmp_path, monkeypatch):
 
     locked = tmp_path / "ro"
     locked.mkdir()
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else real(p, mode))
-    with pytest.raises(SurgeonError, match=f"cannot write run results under {locked}"):
+    real = tempfile.TemporaryFile
+
+    def refuse(*args, dir=None, **kwargs):  # root ignores permission bits, so refuse the write itself
+        if str(dir) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(SurgeonError, match=f"cannot write run results under {locked} \\(Permission denied\\)"):
         config.check_output([f"hydra.run.dir={locked}/run"])
+    config.check_output([f"hydra.run.dir={tmp_path}/elsewhere/run"])
+
+
+def test_an_override_of_a_key_the_config_lacks_fails_in_one_line():
+    from surgeon import config
+
+    with pytest.raises(SurgeonError, match=r"Could not override 'eval.bogus'.*\+eval.bogus=1") as e:
+        config.check_composes(["eval.bogus=1"])
+    assert "\n" not in str(e.value)
+    config.check_composes(["method=wanda", "calibration.num_samples=4"])
+    config.check_composes(["-m", "method=wanda,sparsegpt"])  # sweeps compose per job
 
 
 # -- caches ---------------------------------------------------------------------------------------

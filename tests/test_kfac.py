@@ -161,6 +161,11 @@ def test_correlated_update_with_whole_layer_chunk_is_exact_least_squares():
     assert (chunked.flatten()[Q] == 0).all()
     loss = lambda V: ((V - W).flatten() @ torch.kron(G, A) @ (V - W).flatten()).item()  # noqa: E731
     assert loss(chunked) >= loss(new) - 1e-10
+    # chunks solved in one batch see only earlier batches' updates: still exactly zero at Q,
+    # never better than the joint solution, and one batch of one chunk is the sequential result
+    batched = kron.correlated_update(W, torch.linalg.inv(G), torch.linalg.inv(A), rows, cols, max_correlate=2, batch=4)
+    assert (batched.flatten()[Q] == 0).all() and loss(batched) >= loss(new) - 1e-10
+    torch.testing.assert_close(kron.correlated_update(W, torch.linalg.inv(G), torch.linalg.inv(A), rows, cols, 0, 4), new)
 
 
 def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
@@ -182,10 +187,12 @@ def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
 
 
 @pytest.mark.parametrize("max_correlate", [0, 1, 2, 4])
-def test_correlated_update_never_splits_a_row_so_uncoupled_rows_are_exact(max_correlate):
+@pytest.mark.parametrize("batch", [1, 2, 8])
+def test_correlated_update_never_splits_a_row_so_uncoupled_rows_are_exact(max_correlate, batch):
     """With G diagonal (or None, the identity) rows are independent, and since a chunk is made
     of whole rows, every chunk size gives the exact per-row OBS solution; splitting row 0's
-    three weights over two chunks (what a plain max_correlate=2 slicing would do) would not."""
+    three weights over two chunks (what a plain max_correlate=2 slicing would do) would not.
+    Chunks solved in batches (padded systems of unequal sizes) are as exact, rows being independent."""
     R, C = 4, 6
     W = torch.randn(R, C, dtype=torch.float64)
     A = _spd(C, 2)
@@ -193,7 +200,7 @@ def test_correlated_update_never_splits_a_row_so_uncoupled_rows_are_exact(max_co
     assert kron._row_chunks(Q // C, 4) == [(0, 4), (4, 7)]
     for G in (None, torch.diag(torch.rand(R, dtype=torch.float64) + 0.5)):
         new = kron.correlated_update(W, None if G is None else torch.linalg.inv(G), torch.linalg.inv(A),
-                                     Q // C, Q % C, max_correlate)
+                                     Q // C, Q % C, max_correlate, batch)
         exact = _exact_constrained(W, torch.eye(R, dtype=torch.float64) if G is None else G, A, Q)
         torch.testing.assert_close(new, exact)
 

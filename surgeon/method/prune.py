@@ -41,7 +41,7 @@ class Method:
             raise SurgeonError(f"method.update '{self.update}' is not one of {', '.join(UPDATES)}")
         if cfg.allocation not in SCOPES:
             raise SurgeonError(f"method.allocation '{cfg.allocation}' is not one of {', '.join(SCOPES)}")
-        for key in ("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size"):
+        for key in ("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size", "solve_batch"):
             if int(cfg[key]) < 1:
                 raise SurgeonError(f"method.{key} must be positive, got {cfg[key]}")
         if int(cfg.max_correlate) < 0:

@@ -44,7 +44,8 @@ class Unstructured(Structure):
             # constraint set: the update G^-1 M A^-1 is dense, and left free it would move them,
             # and re-zeroing them after the update would undo part of its compensation.
             rows, cols = mask.nonzero(as_tuple=True)
-            W = correlated_update(W, kron.Ginv(W), kron.Ainv(W), rows, cols, int(opts.max_correlate))
+            W = correlated_update(W, kron.Ginv(W), kron.Ainv(W), rows, cols, int(opts.max_correlate),
+                                   int(opts.solve_batch))
         W[:, :mask.shape[1]][mask] = 0.0
         return W, {}
 

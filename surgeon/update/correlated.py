@@ -8,13 +8,17 @@ For a whole row r, (F^-1)_QQ = [G^-1]_rr A^-1, so dW = -G^-1[:, r] w_r^T / [G^-1
 likewise with the roles of G and A swapped. G^-1 = None stands for the identity.
 
 Cost per linear (R x C, k removed weights in chunks of at most m): the element solve is
-O(k m^2 + R C (R + C)) - one Cholesky per chunk and one dense G^-1 M A^-1 per shot - after the
-O(R^3 + C^3) inverses; rows and columns are O(R C (R + C)) per chunk.
+O(sum over chunks of m_j^3 / 3 + R C (R + C)): one Cholesky per chunk (m_j: its removed
+weights; a row alone when it has more than max_correlate), the pending updates of all chunks
+together O(R^2 C + R C^2), one dense G^-1 M A^-1 per shot; after the O(R^3 + C^3) inverses. At
+high sparsity the Cholesky term dominates: a shot removing a fraction f of a 4096 x 11008 MLP
+matrix is 4096 row systems of f * 11008 (at f = 0.1, 0.44 GFLOP each, 1.8 TFLOP per matrix);
+rows and columns are O(R C (R + C)) per chunk.
 """
 import torch
 
 
-def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Tensor:
+def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int = 1) -> torch.Tensor:
     """Removes the weights (rows[i], cols[i]) with correlated OBS updates, solved in chunks of
     whole rows of up to `max_correlate` weights (0 = all at once). Each chunk targets the weights
     as earlier chunks' updates left them (they carry forward). Returns the updated W with the
@@ -28,19 +32,31 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int) -> torch.Te
     Updates are linear in M, so M is accumulated over chunks and G^-1 M A^-1 applied once; a
     chunk only needs the pending update at its own positions, (G^-1[r, :] M A^-1)[r, c]. This
     turns a full R x C update per chunk into one per shot. A chunk spans few rows, so its block
-    of G^-1 is gathered for the distinct rows and spread with a one-hot product."""
+    of G^-1 is gathered for the distinct rows and spread with a one-hot product.
+
+    `batch` > 1 solves that many chunks at once (one batched Cholesky of padded systems): the
+    chunks of a batch see the earlier batches' updates, not each other's. Exact where G^-1 is
+    None or diagonal (rows do not couple); otherwise it drops the coupling of G^-1's off-diagonal
+    within a batch. On an accelerator this replaces R small solves per linear (one per row at
+    high sparsity: 11,008 for Llama-2-7B's MLP) by R / batch launches."""
     order = torch.argsort(rows * W.shape[1] + cols)  # row-major: chunks are runs of whole rows
     rows, cols = rows[order], cols[order]
     M = torch.zeros_like(W)
-    for s, e in _row_chunks(rows, max_correlate):
+    chunks = _row_chunks(rows, max_correlate)
+    for g in range(0, len(chunks), max(1, batch)):
+        group = chunks[g:g + max(1, batch)]
+        s, e = group[0][0], group[-1][1]
         r, c = rows[s:e], cols[s:e]
         urows, inverse = torch.unique(r, return_inverse=True)
-        left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunk) x C
-        pending = (left @ Ainv)[inverse, c]                               # (G^-1 M A^-1)[r, c]
+        left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunks) x C
+        b = W[r, c] - (left @ Ainv)[inverse, c]                           # minus (G^-1 M A^-1)[r, c]
+        if len(group) > 1:
+            M[r, c] = _batched_solve(Ginv, Ainv, r, c, b, [(cs - s, ce - s) for cs, ce in group])
+            continue
         E = torch.nn.functional.one_hot(inverse, len(urows)).to(W.dtype)  # chunk entry -> its row
         Grr = torch.eye(len(urows), dtype=W.dtype, device=W.device) if Ginv is None else Ginv[urows][:, urows]
         K = (E @ Grr @ E.T) * Ainv.index_select(0, c).index_select(1, c)  # SPD (Schur product)
-        M[r, c] = _spd_solve(K, W[r, c] - pending)
+        M[r, c] = _spd_solve(K, b)
     W = W - (M if Ginv is None else Ginv @ M) @ Ainv
     W[rows, cols] = 0.0
     return W
@@ -58,6 +74,28 @@ def _row_chunks(rows, max_correlate: int) -> list[tuple[int, int]]:
             start, size = start + size, 0
         size += count
     return chunks + [(start, start + size)] if size else chunks
+
+
+def _batched_solve(Ginv, Ainv, r, c, b, spans):
+    """Each span's system K x = b[span], K = [G^-1]_rr * [A^-1]_cc, solved together: the systems
+    are padded to the longest with identity rows (and zero right-hand sides, so zero solutions)."""
+    start = torch.tensor([s for s, _ in spans], device=r.device)
+    size = torch.tensor([e - s for s, e in spans], device=r.device)
+    ar = torch.arange(int(size.max()), device=r.device)
+    valid = ar < size[:, None]                                           # chunks x longest
+    idx = torch.where(valid, start[:, None] + ar, start[:, None])
+    rr, cc = r[idx], c[idx]
+    Grr = (rr[:, :, None] == rr[:, None, :]).to(Ainv.dtype) if Ginv is None else Ginv[rr[:, :, None], rr[:, None, :]]
+    K = Grr * Ainv[cc[:, :, None], cc[:, None, :]]
+    pad = ~(valid[:, :, None] & valid[:, None, :])
+    K = K.masked_fill(pad, 0.0) + torch.diag_embed((~valid).to(K.dtype))
+    rhs = b[idx].masked_fill(~valid, 0.0).unsqueeze(-1)
+    L, info = torch.linalg.cholesky_ex(K)
+    x = torch.cholesky_solve(rhs, L)
+    bad = info != 0
+    if bool(bad.any()):  # rounding made some K indefinite
+        x[bad] = torch.linalg.solve(K[bad], rhs[bad])
+    return x.squeeze(-1)[valid]
 
 
 def _spd_solve(K, b):
