@@ -84,3 +84,13 @@ def check_composes(argv: list[str]) -> None:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         why = f": {str(cause).splitlines()[0]}" if cause is not None and str(cause).strip() else ""
         raise SurgeonError(f"{lines[0].rstrip('.')}{why}" + "".join(f" ({ln})" for ln in lines[1:2])) from None
+
+
+def require_counts(section, name: str, positive=(), nonnegative=(), why: dict | None = None) -> None:
+    """Integer options of `section` (called `name` on the command line) that must be >= 1 or >= 0:
+    one line naming the first that is not (`why`: what a 0 means, where it means something)."""
+    for keys, low in ((positive, 1), (nonnegative, 0)):
+        for key in keys:
+            if int(section[key]) < low:
+                note = f" ({why[key]})" if why and key in why else ""
+                raise SurgeonError(f"{name}.{key} must be {'positive' if low else '>= 0'}{note}, got {section[key]}")

@@ -14,6 +14,7 @@ from surgeon import method as methods
 from surgeon import schedule as schedules
 from surgeon import structure as structures
 from surgeon.data import corpora
+from surgeon.config import require_counts
 from surgeon.errors import SurgeonError
 from surgeon.eval import zero_shot
 from surgeon.model.load import check as check_model
@@ -78,9 +79,7 @@ def _check_run(cfg) -> None:
             raise SurgeonError(f"{key} must be true or false, got {cfg[key]}")
     if cfg.threads is not None and int(cfg.threads) < 1:
         raise SurgeonError(f"threads must be a positive count or null (all cores), got {cfg.threads}")
-    for key in ("prompt_tokens", "new_tokens", "repeats"):
-        if int(cfg.latency[key]) < 1:
-            raise SurgeonError(f"latency.{key} must be positive, got {cfg.latency[key]}")
+    require_counts(cfg.latency, "latency", positive=("prompt_tokens", "new_tokens", "repeats"))
     if cfg.device != "auto":
         try:
             device = torch.device(cfg.device)
@@ -95,9 +94,7 @@ def _check_run(cfg) -> None:
 
 def _check_data(cfg) -> None:
     cal, ev = cfg.calibration, cfg.eval
-    for key in ("num_samples", "seq_len"):
-        if int(cal[key]) < 1:
-            raise SurgeonError(f"calibration.{key} must be positive, got {cal[key]}")
+    require_counts(cal, "calibration", positive=("num_samples", "seq_len"))
     if not ev.corpora:
         raise SurgeonError("eval.corpora is empty: name at least one corpus")
     for name in [cal.corpus, *ev.corpora]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from surgeon.data import instructions
+from surgeon.config import require_counts
 from surgeon.errors import SurgeonError
 from surgeon.method.hard_concrete import HardConcrete
 from surgeon.model import lora
@@ -179,11 +180,8 @@ class Compresso:
             raise SurgeonError("method=compresso removes heads, neurons and hidden dimensions: use structure=heads_neurons")
         if schedule.per_layer or len(schedule.targets(0.5, 1)) != 1:
             raise SurgeonError(f"method=compresso trains its own schedule (method.warmup_steps); got schedule={cfg.schedule.name}")
-        for key in ("steps", "batch_size", "grad_accum", "lora_rank", "log_every"):
-            if int(m[key]) < 1:
-                raise SurgeonError(f"method.{key} must be positive, got {m[key]}")
-        if int(m.finetune_steps) < 0:
-            raise SurgeonError(f"method.finetune_steps must be >= 0, got {m.finetune_steps}")
+        require_counts(m, "method", positive=("steps", "batch_size", "grad_accum", "lora_rank", "log_every"),
+                       nonnegative=("finetune_steps",))
         if m.final_size not in ("target", "learned"):
             raise SurgeonError(f"method.final_size must be target or learned, got {m.final_size}")
         if not 0 <= int(m.warmup_steps) <= int(m.steps):

@@ -25,6 +25,7 @@ import torch
 
 from surgeon import curvature as curvatures
 from surgeon import engine
+from surgeon.config import require_counts
 from surgeon.errors import SurgeonError
 from surgeon.structure.base import SCOPES
 from surgeon.tracking.results import linear_record
@@ -41,11 +42,9 @@ class Method:
             raise SurgeonError(f"method.update '{self.update}' is not one of {', '.join(UPDATES)}")
         if cfg.allocation not in SCOPES:
             raise SurgeonError(f"method.allocation '{cfg.allocation}' is not one of {', '.join(SCOPES)}")
-        for key in ("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size", "solve_batch"):
-            if int(cfg[key]) < 1:
-                raise SurgeonError(f"method.{key} must be positive, got {cfg[key]}")
-        if int(cfg.max_correlate) < 0:
-            raise SurgeonError(f"method.max_correlate must be >= 0 (0: all at once), got {cfg.max_correlate}")
+        require_counts(cfg, "method", positive=("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size",
+                                                "solve_batch"),
+                       nonnegative=("max_correlate",), why={"max_correlate": "0: all at once"})
         if structure.period and int(cfg.blocksize) % structure.period:
             raise SurgeonError(f"method.blocksize {cfg.blocksize} must be a multiple of the structure's "
                                f"group size {structure.period}")

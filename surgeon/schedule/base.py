@@ -7,6 +7,7 @@ its times and perplexities."""
 import logging
 import time
 
+from surgeon.config import require_counts
 from surgeon.errors import SurgeonError
 
 log = logging.getLogger(__name__)
@@ -17,10 +18,8 @@ class Schedule:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        if int(cfg.shots) < 1:
-            raise SurgeonError(f"schedule.shots must be positive, got {cfg.shots}")
-        if int(cfg.eval_every) < 0:
-            raise SurgeonError(f"schedule.eval_every must be >= 0 (0: only the final evaluation), got {cfg.eval_every}")
+        require_counts(cfg, "schedule", positive=("shots",), nonnegative=("eval_every",),
+                       why={"eval_every": "0: only the final evaluation"})
         if cfg.eval_max_tokens is not None and int(cfg.eval_max_tokens) < 1:
             raise SurgeonError(f"schedule.eval_max_tokens must be positive or null, got {cfg.eval_max_tokens}")
 
