@@ -213,3 +213,13 @@ def test_wandb_offline_sweep_is_grouped_flattened_and_keeps_artifacts(monkeypatc
     assert {"method.name", "structure.name", "sparsity", "eval.seq_len"} <= keys and "method" not in keys
     assert seen["magnitude 0.5"][2] == [("results", ["results.json"])]
     assert seen[f"tables tables {sweep}"][2] == [("tables", ["tables.md", "tables.tex"])]
+
+
+def test_results_name_the_commit_a_run_started_from(monkeypatch):
+    """A checkout that moves on during an hour-long run must not lend the run its new commit."""
+    from surgeon.tracking import results
+
+    monkeypatch.setattr(results, "_git_commit", lambda: "a" * 40)
+    results.start_accounting(torch.device("cpu"))
+    monkeypatch.setattr(results, "_git_commit", lambda: "b" * 40)
+    assert results.environment(torch.device("cpu"))["commit"] == "a" * 40

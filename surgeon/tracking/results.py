@@ -72,12 +72,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+_START = {}  # what start_accounting saw: the code a run ran is the code at its start
+
+
 def start_accounting(device) -> None:
-    """Peaks from here on: parameters on the compute device, accelerator memory."""
+    """Peaks from here on: parameters on the compute device, accelerator memory; and the commit
+    (an hour-long run during which the checkout moves on must name the code it ran)."""
     import torch
 
     from surgeon.model.placement import RESIDENT
 
+    _START["commit"] = _git_commit()
     RESIDENT.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -128,7 +133,7 @@ def environment(device) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"commit": _git_commit(), "python": platform.python_version(), "packages": versions,
+    return {"commit": _START["commit"] if "commit" in _START else _git_commit(), "python": platform.python_version(), "packages": versions,
             "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
