@@ -219,6 +219,7 @@ def test_results_name_the_commit_a_run_started_from(monkeypatch):
     """A checkout that moves on during an hour-long run must not lend the run its new commit."""
     from surgeon.tracking import results
 
+    monkeypatch.setattr(results, "_START", {})  # restored afterwards: later runs record their own start
     monkeypatch.setattr(results, "_git_commit", lambda: "a" * 40)
     results.start_accounting(torch.device("cpu"))
     monkeypatch.setattr(results, "_git_commit", lambda: "b" * 40)

@@ -133,7 +133,8 @@ def environment(device) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"commit": _START["commit"] if "commit" in _START else _git_commit(), "python": platform.python_version(), "packages": versions,
+    commit = _START["commit"] if "commit" in _START else _git_commit()
+    return {"commit": commit, "python": platform.python_version(), "packages": versions,
             "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
