@@ -79,15 +79,14 @@ def _table(rows) -> str:
 
 def main(extra=None) -> None:
     extra = sys.argv[1:] if extra is None else extra
+    root = Path("outputs/bench")
     if extra[:1] == ["--solve"]:
-        root = Path("outputs/bench")
         root.mkdir(parents=True, exist_ok=True)
         rows = solve_points()
         (root / "surgeon_solve.json").write_text(json.dumps({"rows": rows}, indent=2))
         (root / "surgeon_solve.md").write_text(_table(rows))
         print(_table(rows))
         return
-    root = Path("outputs/bench")
     rows = []
     for name, overrides in points():
         run_dir = root / "surgeon" / name.replace(" ", "_").replace("=", "")

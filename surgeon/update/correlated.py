@@ -31,8 +31,8 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int 
 
     Updates are linear in M, so M is accumulated over chunks and G^-1 M A^-1 applied once; a
     chunk only needs the pending update at its own positions, (G^-1[r, :] M A^-1)[r, c]. This
-    turns a full R x C update per chunk into one per shot. A chunk spans few rows, so its block
-    of G^-1 is gathered for the distinct rows and spread with a one-hot product.
+    turns a full R x C update per chunk into one per shot. A chunk's K gathers [G^-1]_rr for
+    each pair of its entries' rows and [A^-1]_cc for their columns.
 
     `batch` > 1 solves that many chunks at once (one batched Cholesky of padded systems): the
     chunks of a batch see the earlier batches' updates, not each other's. Exact where G^-1 is
@@ -42,21 +42,15 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int 
     order = torch.argsort(rows * W.shape[1] + cols)  # row-major: chunks are runs of whole rows
     rows, cols = rows[order], cols[order]
     M = torch.zeros_like(W)
-    chunks = _row_chunks(rows, max_correlate)
-    for g in range(0, len(chunks), max(1, batch)):
-        group = chunks[g:g + max(1, batch)]
+    chunks, step = _row_chunks(rows, max_correlate), max(1, batch)
+    for g in range(0, len(chunks), step):
+        group = chunks[g:g + step]
         s, e = group[0][0], group[-1][1]
         r, c = rows[s:e], cols[s:e]
         urows, inverse = torch.unique(r, return_inverse=True)
         left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunks) x C
         b = W[r, c] - (left @ Ainv)[inverse, c]                           # minus (G^-1 M A^-1)[r, c]
-        if len(group) > 1:
-            M[r, c] = _batched_solve(Ginv, Ainv, r, c, b, [(cs - s, ce - s) for cs, ce in group])
-            continue
-        E = torch.nn.functional.one_hot(inverse, len(urows)).to(W.dtype)  # chunk entry -> its row
-        Grr = torch.eye(len(urows), dtype=W.dtype, device=W.device) if Ginv is None else Ginv[urows][:, urows]
-        K = (E @ Grr @ E.T) * Ainv.index_select(0, c).index_select(1, c)  # SPD (Schur product)
-        M[r, c] = _spd_solve(K, b)
+        M[r, c] = _solve_chunks(Ginv, Ainv, r, c, b, [(cs - s, ce - s) for cs, ce in group])
     W = W - (M if Ginv is None else Ginv @ M) @ Ainv
     W[rows, cols] = 0.0
     return W
@@ -76,9 +70,10 @@ def _row_chunks(rows, max_correlate: int) -> list[tuple[int, int]]:
     return chunks + [(start, start + size)] if size else chunks
 
 
-def _batched_solve(Ginv, Ainv, r, c, b, spans):
-    """Each span's system K x = b[span], K = [G^-1]_rr * [A^-1]_cc, solved together: the systems
-    are padded to the longest with identity rows (and zero right-hand sides, so zero solutions)."""
+def _solve_chunks(Ginv, Ainv, r, c, b, spans):
+    """Each span's system K x = b[span], K = [G^-1]_rr * [A^-1]_cc (SPD: a Schur product), solved
+    together: the systems are padded to the longest with identity rows (and zero right-hand
+    sides, so zero solutions). One span is one system, unpadded."""
     start = torch.tensor([s for s, _ in spans], device=r.device)
     size = torch.tensor([e - s for s, e in spans], device=r.device)
     ar = torch.arange(int(size.max()), device=r.device)
@@ -96,14 +91,6 @@ def _batched_solve(Ginv, Ainv, r, c, b, spans):
     if bool(bad.any()):  # rounding made some K indefinite
         x[bad] = torch.linalg.solve(K[bad], rhs[bad])
     return x.squeeze(-1)[valid]
-
-
-def _spd_solve(K, b):
-    """Cholesky where K is numerically SPD, LU where rounding made it indefinite."""
-    L, info = torch.linalg.cholesky_ex(K)
-    if int(info) == 0:
-        return torch.cholesky_solve(b.unsqueeze(1), L).squeeze(1)
-    return torch.linalg.solve(K, b)
 
 
 def rows_update(W, Ginv, rows, max_correlate: int) -> torch.Tensor:
