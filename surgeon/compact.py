@@ -7,7 +7,9 @@ what the units are (`Units`: attention units and FFN neurons) and how to resize;
 - a hidden dimension nothing writes to (its embedding column and every writer's row are zero,
   as Compresso leaves them) goes from every linear, the embedding and the head, on architectures
   whose norms allow it (the adapter's `hidden_prunable`).
-At least one unit of each family per layer stays, so every layer keeps a valid shape. Output
+- a decoder layer that adds nothing (every writer to the residual stream zero, as depth pruning
+  leaves it) goes as a whole, where the adapter says the architecture hands its input on.
+At least one unit of each family per kept layer stays, so every layer keeps a valid shape. Output
 biases are untouched, so the compacted model's logits equal the masked model's.
 
 Saving: `save(model, dir)` writes safetensors + config with `surgeon_layer_shapes` (heads, KV
@@ -48,6 +50,11 @@ def layer_plan(adapter, layer) -> dict[str, torch.Tensor]:
     return keep
 
 
+def silent(adapter, layer) -> bool:
+    """A layer that adds nothing to the residual stream: every writer's rows (and bias) are zero."""
+    return all(_dead_rows(lin).all() for lin in adapter.hidden_writers(layer))
+
+
 def hidden_plan(adapter) -> torch.Tensor | None:
     """The hidden dimensions something writes to, or None when all of them are (or the
     architecture's norms cannot lose dimensions exactly)."""
@@ -65,6 +72,10 @@ def hidden_plan(adapter) -> torch.Tensor | None:
 def compact(model) -> list[dict]:
     """Removes every dead unit, neuron and hidden dimension in place; returns the per-layer shapes."""
     adapter = adapter_for(model)
+    if adapter.layers_droppable():
+        keep = [i for i, layer in enumerate(adapter.layers()) if not silent(adapter, layer)]
+        if len(keep) < len(adapter.layers()):
+            adapter.drop_layers(keep)
     shapes = [adapter.resize(layer, layer_plan(adapter, layer)) for layer in adapter.layers()]
     keep = hidden_plan(adapter)
     if keep is not None:

@@ -8,8 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 from surgeon.errors import SurgeonError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("model", "calibration", "eval", "curvature", "structure", "schedule", "method", "logger",
-          "experiment")
+GROUPS = ("model", "calibration", "eval", "curvature", "structure", "schedule", "layer_sparsity", "recovery",
+          "method", "logger", "experiment")
 
 
 def options(group: str) -> list[str]:

@@ -13,7 +13,8 @@ whole_model: statistics of every layer before any decision (a global threshold c
   without gradients, layer by layer as above with nothing pruned; with gradients, forward +
   backward passes of the model over each window.
 A statistics object serves the linears that read one input: its `add_batch` hooks the first of
-them, its `add_grad` each one's output.
+them, its `add_grad` each one's output. An object with `hooks()` (a structure's observer of a
+whole decoder layer) attaches itself instead.
 """
 import logging
 import time
@@ -101,6 +102,9 @@ def _feed(stats: dict, gradients: bool = False, clock: dict | None = None) -> li
 
     hooks = []
     for curv in {id(c): c for c in stats.values()}.values():
+        if hasattr(curv, "hooks"):  # a structure's own observer (block influence) attaches itself
+            hooks += curv.hooks()
+            continue
         first = next(iter(curv.linears.values()))
         hooks.append(first.register_forward_hook(lambda mod, inp, out, c=curv: add_batch(mod, inp, out, c)))
         if gradients:

@@ -33,7 +33,7 @@ def warn(adapter, cfg, plan, device: torch.device, eval_tokens: int) -> list[str
     out = []
     positions = adapter.max_positions()
     lengths = [("eval.seq_len", int(cfg.eval.seq_len))]
-    if plan.method.needs_data:
+    if plan.needs_data:
         lengths.insert(0, ("calibration.seq_len", int(cfg.calibration.seq_len)))
     for key, n in lengths:
         if positions and n > positions:
@@ -41,7 +41,7 @@ def warn(adapter, cfg, plan, device: torch.device, eval_tokens: int) -> list[str
     rate = seconds_per_token(adapter, device)
     shots = len(plan.schedule.targets(float(cfg.sparsity), len(adapter.layers())))
     passes = 3 if getattr(plan.method, "gradients", False) else 2  # forward and recompute (or backward)
-    cal = int(cfg.calibration.num_samples) * int(cfg.calibration.seq_len) if plan.method.needs_data else 0
+    cal = int(cfg.calibration.num_samples) * int(cfg.calibration.seq_len) if plan.needs_data else 0
     hours = cal * passes * shots * rate / 3600
     if hours > HOURS:
         out.append(f"calibration will take about {hours:.0f} h at the {1 / rate:,.0f} tokens/s measured here "

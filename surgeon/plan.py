@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from surgeon import layer_sparsity as layer_sparsities
 from surgeon import method as methods
+from surgeon import recovery
 from surgeon import schedule as schedules
 from surgeon import structure as structures
 from surgeon.data import corpora
@@ -31,6 +33,14 @@ class Plan:
     method: object          # surgeon.method.Method or Compresso: the same calls
     target: float           # the sparsity the run reaches (N:M fixes it)
     compact: bool           # shrink the weight shapes after pruning
+    layer_sparsity: object = None  # None: uniform; else sets each decoder layer's ratio (OWL)
+    semi_structured: bool = False  # time the 2:4 model with sparse kernels at the end
+
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the run reads calibration windows."""
+        return self.method.needs_data or bool(self.layer_sparsity and self.layer_sparsity.needs_data)
 
 
 def build(cfg: DictConfig) -> Plan:
@@ -50,10 +60,26 @@ def build(cfg: DictConfig) -> Plan:
     if schedule.per_layer and structure.fixed_sparsity:
         raise SurgeonError(f"structure={cfg.structure.name} fixes every layer's sparsity; "
                            f"schedule={cfg.schedule.name} cannot set per-layer ratios")
+    layer_sparsity = layer_sparsities.build(cfg.layer_sparsity)
+    if layer_sparsity is not None:
+        why = (f"method={cfg.method.name} learns its own masks" if not isinstance(method, methods.Method) else
+               "the method decides globally" if method.whole_model else
+               f"schedule={cfg.schedule.name} sets per-layer ratios itself" if schedule.per_layer else
+               f"structure={cfg.structure.name} fixes every layer's sparsity" if structure.fixed_sparsity else None)
+        if why:
+            raise SurgeonError(f"layer_sparsity={cfg.layer_sparsity.name} sets per-layer ratios; {why} "
+                               "(use layer_sparsity=uniform)")
+    recovery.check(cfg.recovery)
     check_model(cfg.model)
     _check_data(cfg)
+    if cfg.semi_structured not in ("auto", True, False):
+        raise SurgeonError(f"semi_structured must be auto, true or false, got {cfg.semi_structured}")
+    if cfg.semi_structured is True and not structure.semi_structured:
+        raise SurgeonError(f"semi_structured=true needs a 2:4 pattern (structure=nm with m=4, n<=2), "
+                           f"not structure={structure.label}")
     compact = cfg.compact is True or (cfg.compact == "auto" and structure.compactable)
-    return Plan(cfg, structure, schedule, method, structure.target(float(cfg.sparsity)), compact)
+    return Plan(cfg, structure, schedule, method, structure.target(float(cfg.sparsity)), compact, layer_sparsity,
+                cfg.semi_structured is True or (cfg.semi_structured == "auto" and structure.semi_structured))
 
 
 def _missing(cfg, prefix: str = "") -> list[str]:

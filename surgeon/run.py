@@ -1,7 +1,7 @@
 """Entry point: `python -m surgeon.run [group=option ...] [key=value ...]` (Hydra; -m for sweeps).
 
 plan (every option checked) -> load the model -> dense perplexity (cached) -> calibration windows
--> prune (the schedule's shots of the method) -> pruned perplexity -> compact or save ->
+-> prune (the schedule's shots of the method) -> recovery (if any) -> pruned perplexity -> compact or save ->
 results.json + W&B -> a one-line summary.
 """
 import logging
@@ -71,21 +71,29 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
     t = time.time()
     cal = cfg.calibration
     windows = (calibration_windows(cal.corpus, tokenizer, int(cal.num_samples), int(cal.seq_len), int(cal.seed), bos)
-               if plan.method.needs_data else None)
+               if plan.needs_data else None)
     times["calibration_data"] = time.time() - t
 
     t = time.time()
     log.info("pruning %s with %s (%s, %s) to %.0f%%", cfg.model.name, cfg.method.name, cfg.curvature.name,
              plan.structure.label, 100 * plan.target)
     ctx = Context(adapter, tokenizer, windows, device, int(cfg.seed), bos, logger, evaluator)
-    records, shots = plan.schedule.run(plan.method, ctx, plan.target)
+    records, shots = plan.schedule.run(plan.method, ctx, plan.target, plan.layer_sparsity)
     times["prune"] = time.time() - t  # includes the calibration forward passes, layer by layer
+    recovered = None
+    if cfg.recovery.name != "none":
+        from surgeon.recovery import recover
+
+        t = time.time()
+        recovered = recover(cfg.recovery, ctx, cfg.calibration)
+        times["recovery"] = time.time() - t
     model = adapter.model  # a trained method may have replaced it (merged adapters)
     params_pruned = adapter.nonzero_prunable_parameters()
 
     t = time.time()
     last = shots[-1] if shots else {}
-    ppl = last["ppl"] if last.get("full_eval") and last["shot"] == len(shots) else evaluator.perplexity(model, "pruned")
+    reuse = last.get("full_eval") and last["shot"] == len(shots) and recovered is None
+    ppl = last["ppl"] if reuse else evaluator.perplexity(model, "pruned")
     extra_eval = plan.method.evaluate(ctx)
     times["eval"] = time.time() - t
     zs = None
@@ -103,6 +111,14 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
         from surgeon import compact
 
         compact.save(model, tokenizer, out_dir / "model")
+    speed = None
+    if plan.semi_structured:  # last: it converts the model in place
+        from surgeon.eval import semi_structured
+
+        t = time.time()
+        probe = next(iter(evaluator.windows.values()))[:1, :128]
+        speed = semi_structured.measure(adapter, device, dict(cfg.latency), probe)
+        times["semi_structured"] = time.time() - t
     times["total"] = time.time() - t_start
 
     res = results.record(plan, {
@@ -113,7 +129,8 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
         "calibration": None if windows is None else {  # None: the method used no data
             "corpus": cal.corpus, "num_samples": int(cal.num_samples), "seq_len": int(cal.seq_len)},
         "time_s": times, "memory": results.memory(model_bytes, device),
-        "shots": shots, "layers": records, "training": None, "compaction": compaction,
+        "shots": shots, "layers": records, "training": None, "compaction": compaction, "recovery": recovered,
+        "semi_structured": speed,
         **extra_eval, **plan.method.report()}, device)
     unsaved = results.save(res, out_dir)  # None, or the error naming where the results went instead
     logger.summary({k: v for k, v in res.items() if k not in ("layers", "config")})

@@ -95,6 +95,10 @@ def label(r: dict) -> str:
         tags.append(f"damp_g {curv.get('damp_g')}")
     if curv.get("name") == "kfac" and fisher_kind(curv) == "true":  # stored as a YAML boolean
         tags.append("true Fisher")
+    if cfg.get("layer_sparsity", {}).get("name", "uniform") != "uniform":
+        tags.append(cfg["layer_sparsity"]["name"].upper())
+    if r.get("recovery"):
+        tags.append(f"LoRA recovery {r['recovery']['tokens']:,} tokens")
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
@@ -104,6 +108,8 @@ def rows(r: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
     out = [(label(r), points(r))]
     if r.get("ppl_prompt"):
         out.append((f"{label(r)}, prompt at inference", [(setting(r), r["ppl_prompt"])]))
+    if r.get("recovery"):
+        out.append((f"{label(r)}: before", [(setting(r), r["recovery"]["ppl_before"])]))
     return out
 
 

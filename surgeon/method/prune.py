@@ -60,7 +60,7 @@ class Method:
 
     @property
     def needs_data(self) -> bool:
-        return self.backend.needs_data
+        return self.backend.needs_data or self.structure.needs_data
 
     def evaluate(self, ctx) -> dict:
         return {}
@@ -73,7 +73,7 @@ class Method:
         linears that read one input share an object."""
         wanted = {t.name for t in self.structure.targets(adapter, index, layer)}
         linears = adapter.prunable_linears(layer)
-        out = {}
+        out = self.structure.statistics(index, layer)  # what the structure itself observes (if anything)
         for group in adapter.input_groups(layer):
             members = {n: linears[n] for n in group if n in wanted}
             if members:
@@ -126,39 +126,9 @@ class Method:
             held[:] = [curv]
             return curv.factors(t.name)
 
-        extras = {}
-        if self.structure.solves(self.update):  # a decoder layer at a time, choosing as it goes
-            for i in indices:
-                solved = self.structure.solve([t for t in targets if t.layer == i], factors, sparsity, self.cfg,
-                                              self.update)
-                extras.update({(i, name): e for name, e in solved.items()})
-        else:
-            # two passes keep memory at one linear's inverses: all costs first (all a global
-            # threshold needs), then each linear's factors again, one at a time, to update
-            costs = [self.structure.costs(_weight(t, f), f) for t in targets for f in [factors(t)]]
-            decisions = self.structure.select(costs, sparsity, self.cfg.allocation)
-            del costs
-            for t, decision in zip(targets, decisions):
-                f = factors(t)
-                W, extras[(t.layer, t.name)] = self.structure.remove(_weight(t, f), decision, f, self.update,
-                                                                     self.cfg, sparsity)
-                _write_back(t.linear, W)
+        extras = self.structure.decide(targets, factors, stats, sparsity, self.cfg, self.update)
         for curv in held:
             curv.release()
         return [linear_record(i, name, lin.weight, **extras.get((i, name), {}))
                 for i in indices for name, lin in adapter.prunable_linears(layers[i]).items()]
 
-
-def _weight(target, kron) -> torch.Tensor:
-    """The weight as the factors price it: float, with the bias column last where A has one."""
-    W = target.linear.weight.data.float()
-    if kron.bias:
-        W = torch.cat([W, target.linear.bias.data.float().unsqueeze(1)], dim=1)
-    return W
-
-
-def _write_back(lin, W) -> None:
-    C = lin.in_features
-    lin.weight.data.copy_(W[:, :C].to(lin.weight.dtype))
-    if W.shape[1] > C:
-        lin.bias.data.copy_(W[:, C].to(lin.bias.dtype))

@@ -30,14 +30,18 @@ class Schedule:
     def between_shots(self, ctx, shot: int, timings: dict) -> None:
         """Work after a shot's pruning (LoRA correction)."""
 
-    def run(self, method, ctx, sparsity: float) -> tuple[list[dict], list[dict]]:
-        """Prunes the model to `sparsity`; returns (the last shot's per-linear records, shots)."""
+    def run(self, method, ctx, sparsity: float, layer_sparsity=None) -> tuple[list[dict], list[dict]]:
+        """Prunes the model to `sparsity`; returns (the last shot's per-linear records, shots).
+        `layer_sparsity` (OWL) turns each shot's target into per-layer ratios."""
         adapter, every = ctx.adapter, int(self.cfg.eval_every)
         dense = adapter.prunable_parameters()
         targets = self.targets(sparsity, len(adapter.layers()))
         records, shots = [], []
         for t, target in enumerate(targets, 1):
             timings, start = {}, time.time()
+            if layer_sparsity is not None:
+                target = layer_sparsity.layer_ratios(ctx, target, sparsity)
+                timings["layer_sparsity_s"] = time.time() - start
             records = method.step(ctx, target, seed=ctx.seed + t - 1, timings=timings)
             self.between_shots(ctx, t, timings)
             per_layer = isinstance(target, list)

@@ -15,10 +15,15 @@ def ratios(n_layers: int, target: float, curve: str = "log", spread: float = 1.0
            max_ratio: float = 0.9) -> list[float]:
     f = [CURVES[curve](i / max(1, n_layers - 1)) for i in range(n_layers)]
     mean_f = sum(f) / n_layers
-    r = [target + spread * target * (fi - mean_f) for fi in f]
+    return spread_clipped([target + spread * target * (fi - mean_f) for fi in f], target, max_ratio)
+
+
+def spread_clipped(r: list[float], target: float, max_ratio: float) -> list[float]:
+    """`r` kept within [0, max_ratio], the clipped amount spread over the layers with room, so
+    the mean stays `target`."""
     for _ in range(50):  # clip, then spread the clipped amount over the layers with room
         r = [min(max(x, 0.0), max_ratio) for x in r]
-        gap = target * n_layers - sum(r)
+        gap = target * len(r) - sum(r)
         free = [i for i, x in enumerate(r) if (0 < x < max_ratio) or (gap > 0 and x == 0)]
         if abs(gap) < 1e-9 or not free:
             break

@@ -2,6 +2,7 @@
 from surgeon.errors import SurgeonError
 from surgeon.structure.base import Structure, Target
 from surgeon.structure.heads_neurons import HeadsNeurons
+from surgeon.structure.layers import Layers
 from surgeon.structure.nm import NM
 from surgeon.structure.rows_cols import RowsCols
 from surgeon.structure.unstructured import Unstructured
@@ -16,7 +17,9 @@ def build(cfg) -> Structure:
         return RowsCols()
     if cfg.name == "heads_neurons":
         return HeadsNeurons()
+    if cfg.name == "layers":
+        return Layers(cfg.score)
     raise SurgeonError(f"structure '{cfg.name}' is not implemented")
 
 
-__all__ = ["HeadsNeurons", "NM", "RowsCols", "Structure", "Target", "Unstructured", "build"]
+__all__ = ["HeadsNeurons", "Layers", "NM", "RowsCols", "Structure", "Target", "Unstructured", "build"]

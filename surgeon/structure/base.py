@@ -28,9 +28,11 @@ class Target:
 
 class Structure:
     name = ""
+    needs_data = False      # True: the structure observes the calibration pass itself (`statistics`)
     period = None          # column pattern: a sequential sweep picks masks this many columns at a time
     fixed_sparsity = False  # True: the pattern fixes every layer's sparsity (N:M)
     compactable = False     # True: removes whole units, which compaction takes out of the shapes
+    semi_structured = False  # True: leaves every group of 4 inputs with 2 zeros (sparse tensor cores)
 
     @property
     def label(self) -> str:
@@ -49,6 +51,31 @@ class Structure:
     def targets(self, adapter, index: int, layer) -> list[Target]:
         """Every prunable linear of the layer, decided on its own weights."""
         return [Target(index, name, lin) for name, lin in adapter.prunable_linears(layer).items()]
+
+    def statistics(self, index: int, layer) -> dict:
+        """{(index, key): object} the structure observes in decoder layer `index` besides the
+        curvature of its targets: objects whose `hooks()` attach them to the calibration pass."""
+        return {}
+
+    def decide(self, targets: list[Target], factors, stats: dict, sparsity, opts, update: str) -> dict:
+        """Prunes `targets` (of every decoder layer decided together); returns record fields by
+        (layer, name). `factors(target)` gives a target's Kronecker factors (one input's at a time)."""
+        extras = {}
+        if self.solves(update):  # a decoder layer at a time, choosing as it goes
+            for i in sorted({t.layer for t in targets}):
+                solved = self.solve([t for t in targets if t.layer == i], factors, sparsity, opts, update)
+                extras.update({(i, name): e for name, e in solved.items()})
+            return extras
+        # two passes keep memory at one linear's inverses: all costs first (all a global
+        # threshold needs), then each linear's factors again, one at a time, to update
+        costs = [self.costs(weight(t, f), f) for t in targets for f in [factors(t)]]
+        decisions = self.select(costs, sparsity, opts.allocation)
+        del costs
+        for t, decision in zip(targets, decisions):
+            f = factors(t)
+            W, extras[(t.layer, t.name)] = self.remove(weight(t, f), decision, f, update, opts, sparsity)
+            write_back(t.linear, W)
+        return extras
 
     def solves(self, update: str) -> bool:
         """Whether `update` selects as it goes (then `solve` prunes a decoder layer at a time)."""
@@ -88,3 +115,18 @@ def cheapest(costs: list[torch.Tensor], fraction: float, scope: str) -> list[tor
     if k:
         chosen[torch.topk(flat, k, largest=False).indices] = True
     return [m.view_as(c) for m, c in zip(chosen.split([c.numel() for c in costs]), costs)]
+
+
+def weight(target, kron) -> torch.Tensor:
+    """The weight as the factors price it: float, with the bias column last where A has one."""
+    W = target.linear.weight.data.float()
+    if kron.bias:
+        W = torch.cat([W, target.linear.bias.data.float().unsqueeze(1)], dim=1)
+    return W
+
+
+def write_back(lin, W) -> None:
+    C = lin.in_features
+    lin.weight.data.copy_(W[:, :C].to(lin.weight.dtype))
+    if W.shape[1] > C:
+        lin.bias.data.copy_(W[:, C].to(lin.bias.dtype))

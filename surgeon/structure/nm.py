@@ -42,6 +42,7 @@ class NM(Unstructured):
             raise SurgeonError(f"structure.select '{select}' is not one of {', '.join(SELECTS)}")
         self.n, self.m, self.fill, self.select_by = n, m, fill, select
         self.period = m  # masks are chosen M columns at a time
+        self.semi_structured = m == 4 and n <= 2  # what torch's 2:4 kernels take
 
     @property
     def label(self) -> str:

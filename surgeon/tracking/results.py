@@ -147,6 +147,7 @@ def record(plan, measured: dict, device) -> dict:
     return {
         "model": cfg.model.name, "method": cfg.method.name, "curvature": cfg.curvature.name,
         "structure": plan.structure.label, "schedule": cfg.schedule.name, "seed": int(cfg.seed),
+        "layer_sparsity": cfg.layer_sparsity.name,
         "target_sparsity": plan.target, **measured,
         "peak_rss_mb": peak_rss_mb(), "device": str(device), "threads": torch.get_num_threads(),
         "environment": environment(device), "config": OmegaConf.to_container(cfg, resolve=True),

@@ -169,6 +169,25 @@ class Adapter:
         return self.config.num_attention_heads
 
     # -- resizing (compaction) -----------------------------------------------------------------
+    def layers_droppable(self) -> bool:
+        """Whether a layer whose residual writers are zero hands its input on unchanged (pre-norm:
+        the norms sit inside the branches), so compaction may drop it."""
+        return True
+
+    def drop_layers(self, keep: list[int]) -> None:
+        """Keeps decoder layers `keep` (in order): the module list, the layer indices the KV cache
+        is keyed by, and the config's layer count and per-layer types (sliding / full attention)."""
+        old = self.layers()
+        self.decoder().layers = nn.ModuleList([old[i] for i in keep])
+        for j, layer in enumerate(self.layers()):
+            for m in layer.modules():
+                if isinstance(getattr(m, "layer_idx", None), int):
+                    m.layer_idx = j
+        types = getattr(self.config, "layer_types", None)
+        if isinstance(types, (list, tuple)) and len(types) == len(old):
+            self.config.layer_types = [types[i] for i in keep]
+        self.config.num_hidden_layers = len(keep)
+
     @torch.no_grad()
     def resize(self, layer: nn.Module, keep: dict[str, torch.Tensor]) -> dict:
         """Keeps only the units `keep[kind]` (indices) of `layer`; returns its new shape."""

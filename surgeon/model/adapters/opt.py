@@ -16,3 +16,6 @@ class OptAdapter(Adapter):
 
     def mlp(self, layer) -> Mlp:
         return Mlp([layer.fc1], layer.fc2)
+
+    def layers_droppable(self):
+        return bool(self.config.do_layer_norm_before)  # post-norm (OPT-350m) renormalizes the stream
