@@ -12,7 +12,9 @@ tokenizer and a few MB of Wikipedia-lead text for calibration and perplexity.
    so its perplexities mean nothing): SparseGPT and Wanda 50% layer by layer, then one LLM Surgeon
    shot (5%) on a 4-layer model of the same widths - wall time, peak GPU memory, peak bytes of
    parameters on the GPU;
-4. sparse24: a 4096 x 11008 linear at 2:4, torch's semi-structured sparse kernels against dense.
+4. sparse24: a 4096 x 11008 linear at 2:4, torch's semi-structured sparse kernels against dense;
+5. model24: a 4-layer model of Llama-2-7B's widths pruned to 2:4 (magnitude), then what a 2:4 run
+   records (surgeon/eval/semi_structured.py): prefill and decode latency dense vs converted.
 Writes gpu_check.json to --out ($OUT on that machine). `--dry-run` runs the same steps on the
 CPU with tiny shapes (what CI-like machines can check); GPU-only steps say they were skipped.
 """
@@ -198,13 +200,24 @@ def sparse24(device, shape, out: dict) -> None:
     out["sparse24"] = r
 
 
+def model24(b: Path, device, shape, out: dict) -> None:
+    from surgeon.eval import semi_structured
+    from surgeon.model import adapter_for
+
+    model = random_model(b, {**shape, "layers": min(shape["layers"], 4)}, "float16", device)
+    prune(b, model, "magnitude", 0.5, None, torch.device("cpu"), "structure=nm")
+    probe = _windows(b, 1, 128)
+    out["model24"] = semi_structured.measure(adapter_for(model), device,
+                                             {"prompt_tokens": 512, "new_tokens": 64, "repeats": 5}, probe)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, help="build the bundle for the device machine into this folder and stop")
     ap.add_argument("--bundle-dir", type=Path, default=Path("gpu_bundle"), help="the bundle to run from")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_check")))
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--only", nargs="*", default=["cuda_vs_cpu", "bf16", "llama7b", "sparse24"])
+    ap.add_argument("--only", nargs="*", default=["cuda_vs_cpu", "bf16", "llama7b", "sparse24", "model24"])
     args = ap.parse_args(argv)
     if args.bundle:
         bundle(args.bundle)
@@ -217,7 +230,8 @@ def main(argv=None) -> None:
     steps = {"cuda_vs_cpu": lambda: cuda_vs_cpu(args.bundle_dir, device, small, out),
              "bf16": lambda: bf16(args.bundle_dir, device, small, out),
              "llama7b": lambda: llama7b(args.bundle_dir, device, big, out),
-             "sparse24": lambda: sparse24(device, big, out)}
+             "sparse24": lambda: sparse24(device, big, out),
+             "model24": lambda: model24(args.bundle_dir, device, big, out)}
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         t = time.perf_counter()

@@ -6,6 +6,8 @@
   multi-shot runs, one line per method (the first eval corpus).
 - ppl_vs_sparsity_<structure>.png/.pdf: perplexity against achieved sparsity across the runs,
   one line per method and a panel per eval corpus (dense at 0).
+- layer_sparsity.png/.pdf (runs with per-layer ratios: OWL, incremental ratios): each run's
+  removed fraction per decoder layer, and OWL's outlier ratios (right axis) where recorded.
 - training_<method>_<setting>.png/.pdf (trained methods, Compresso): expected sparsity against
   its warming-up target, and the LM loss, per optimizer update.
 """
@@ -47,6 +49,29 @@ def plot_allocation(r: dict, path: Path) -> None:
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_title(f"{r['model']} {label(r)} {setting(r)}: per-layer allocation", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_layer_sparsity(results: list[dict], path: Path) -> None:
+    runs = [r for r in results if any("layer_ratios" in s for s in r.get("shots", []))]
+    if not runs:
+        return
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
+    outliers = None
+    for r in sorted(runs, key=lambda r: (r["target_sparsity"], r["method"])):
+        xs, ys = zip(*allocation_by_layer(r)["layer total"])
+        ax.plot(xs, ys, "-", marker=".", lw=1.2, label=f"{label(r)} {setting(r)}")
+        outliers = outliers or r["shots"][-1].get("outlier_ratios")
+    if outliers:
+        right = ax.twinx()
+        right.plot(range(len(outliers)), [100 * o for o in outliers], "k:", lw=1.5, label="outlier ratio (%)")
+        right.set_ylabel("outlier ratio (%)")
+        right.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("fraction removed")
+    ax.set_title(f"{runs[0]['model']}: per-layer sparsity", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.0))
     fig.tight_layout()
     _save(fig, path)
 
@@ -147,6 +172,7 @@ def main(argv=None) -> None:
                 curve = name.replace("allocation_", "training_", 1)
                 plot_training(r, out / curve)
                 print(out / f"{curve}.png")
+        plot_layer_sparsity(rs, out / f"{prefix}layer_sparsity")
         by_structure = defaultdict(list)
         for r in rs:
             by_structure[r["structure"].replace(":", "-")].append(r)

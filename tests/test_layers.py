@@ -11,7 +11,7 @@ from surgeon.method.prune import Method
 from surgeon.model.adapters import adapter_for
 from surgeon.model.load import _tiny
 from surgeon.structure.layers import BlockInfluence, Layers, quadratic_cost
-from tests.conftest import curvature_cfg, method_cfg, prune
+from tests.conftest import TINY, curvature_cfg, method_cfg, prune
 
 
 def deep_tiny(name: str, layers: int = 6):
@@ -60,7 +60,7 @@ def test_layer_curvature_cost_is_the_kronecker_quadratic_form():
     assert quadratic_cost(W, Kron.of(None, d)) == pytest.approx(0.5 * (W ** 2 * d).sum().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma3", "tiny_opt", "tiny_qwen2"])
+@pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("score, curvature", [("block_influence", "identity"), ("curvature", "hessian")])
 def test_depth_pruning_removes_the_cheapest_layers_and_compaction_drops_them(tmp_path, name, score, curvature):
     from transformers import AutoModelForCausalLM

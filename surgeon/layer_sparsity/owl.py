@@ -63,6 +63,10 @@ class Owl:
         scale = target / final if final > 0 else 0.0
         return owl_ratios(self.outliers, target, self.lam * scale, self.max_ratio)
 
+    def report(self) -> dict:
+        """What a shot's record keeps: the outlier ratios the ratios came from."""
+        return {"outlier_ratios": self.outliers, "M": self.m, "lambda": self.lam}
+
     def measure(self, adapter, windows, device) -> list[float]:
         outliers = []
 

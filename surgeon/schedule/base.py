@@ -41,7 +41,7 @@ class Schedule:
             timings, start = {}, time.time()
             if layer_sparsity is not None:
                 target = layer_sparsity.layer_ratios(ctx, target, sparsity)
-                timings["layer_sparsity_s"] = time.time() - start
+                timings.update(layer_sparsity_s=time.time() - start, **layer_sparsity.report())
             records = method.step(ctx, target, seed=ctx.seed + t - 1, timings=timings)
             self.between_shots(ctx, t, timings)
             per_layer = isinstance(target, list)
