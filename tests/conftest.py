@@ -27,7 +27,8 @@ def tiny_model(name: str, vocab: int = 256):
     return _tiny(cfg, torch.float32)
 
 
-TINY = ["tiny_llama", "tiny_opt", "tiny_qwen2", "tiny_gemma3", "tiny_mistral", "tiny_qwen3", "tiny_gemma2", "tiny_llama3"]
+TINY = ["tiny_llama", "tiny_opt", "tiny_qwen2", "tiny_gemma3", "tiny_mistral", "tiny_qwen3", "tiny_gemma2", "tiny_llama3",
+        "tiny_phi3"]
 
 
 def method_cfg(**overrides):
