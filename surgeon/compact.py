@@ -111,7 +111,8 @@ def load(directory, dtype=torch.float32):
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = adapter_for(model)
     for layer, s in zip(adapter.layers(), shapes):  # the shapes only; the weights come next
-        adapter.resize(layer, {"heads": torch.arange(s["num_kv_heads"]), "neurons": torch.arange(s["ffn"])})
+        neurons = {} if s["ffn"] is None else {"neurons": torch.arange(s["ffn"])}
+        adapter.resize(layer, {"heads": torch.arange(s["num_kv_heads"]), **neurons})
     state = {}
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(f))

@@ -28,7 +28,8 @@ def tiny_model(name: str, vocab: int = 256):
 
 
 TINY = ["tiny_llama", "tiny_opt", "tiny_qwen2", "tiny_gemma3", "tiny_mistral", "tiny_qwen3", "tiny_gemma2", "tiny_llama3",
-        "tiny_phi3"]
+        "tiny_phi3", "tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"]
+MOE = ["tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"]
 
 
 def method_cfg(**overrides):

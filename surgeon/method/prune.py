@@ -40,6 +40,8 @@ class Method:
         self.update = cfg["update"]  # `cfg.update` would be DictConfig's dict method
         if self.update not in UPDATES:
             raise SurgeonError(f"method.update '{self.update}' is not one of {', '.join(UPDATES)}")
+        if cfg.unrouted not in ("magnitude", "dense"):
+            raise SurgeonError(f"method.unrouted '{cfg.unrouted}' is not one of magnitude, dense")
         if cfg.allocation not in SCOPES:
             raise SurgeonError(f"method.allocation '{cfg.allocation}' is not one of {', '.join(SCOPES)}")
         require_counts(cfg, "method", positive=("blocksize", "head_batch", "ffn_group_size", "ffn_min_group_size",
@@ -116,6 +118,10 @@ class Method:
         -> statistics object); returns a record per prunable linear."""
         layers = adapter.layers()
         targets = [t for i in indices for t in self.structure.targets(adapter, i, layers[i])]
+        # tokens each linear's statistics saw: fewer than the windows' for experts of a mixture
+        seen = {k: c.tokens for k, c in stats.items() if self.backend.needs_data and hasattr(c, "tokens")}
+        if self.cfg.unrouted == "dense":
+            targets = [t for t in targets if seen.get((t.layer, t.name), 1) > 0]
 
         held = []  # the statistics object whose input factor (and inverse) is held: q/k/v reuse it
 
@@ -129,6 +135,7 @@ class Method:
         extras = self.structure.decide(targets, factors, stats, sparsity, self.cfg, self.update)
         for curv in held:
             curv.release()
-        return [linear_record(i, name, lin.weight, **extras.get((i, name), {}))
+        return [linear_record(i, name, lin.weight, **extras.get((i, name), {}),
+                              **({"tokens": seen[(i, name)]} if (i, name) in seen else {}))
                 for i in indices for name, lin in adapter.prunable_linears(layers[i]).items()]
 

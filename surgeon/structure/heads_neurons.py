@@ -23,6 +23,11 @@ class HeadsNeurons(Structure):
     name = "heads_neurons"
     compactable = True
 
+    def check(self, adapter):
+        if any(len(adapter.units(layer)) != 2 for layer in adapter.layers()):
+            raise SurgeonError("structure=heads_neurons prunes one FFN per layer; for mixture-of-experts layers use "
+                               "structure=unstructured, nm or layers")
+
     def check_method(self, update, scope, gradients):
         if scope == "global" or update not in ("obs", "none") or gradients:
             raise SurgeonError("structure=heads_neurons is pruned layer by layer on the layer Hessian: it needs "

@@ -53,8 +53,9 @@ class Unstructured(Structure):
         """SparseGPT: each linear by the sequential sweep on its layer Hessian."""
         for t in targets:
             kron, W = factors(t), t.linear.weight.data
-            if kron.dead is not None:
-                W[:, kron.dead] = 0  # inputs that never fired: their weights never matter
+            if kron.dead is not None and not kron.dead.all():
+                W[:, kron.dead] = 0  # inputs that never fired: their weights never matter (unless none
+                # fired: an expert no calibration token reached is pruned by magnitude, H = I)
             new, _ = obs_prune(W, kron.Ainv(W), self, sparsity, opts.allocation, int(opts.blocksize))
             W.copy_(new)
         return {}

@@ -98,6 +98,10 @@ class Adapter:
     def mlp(self, layer: nn.Module) -> Mlp:
         raise NotImplementedError
 
+    def mlps(self, layer: nn.Module) -> list[Mlp]:
+        """Every FFN of the layer: one, or each expert of a mixture (and a shared expert)."""
+        return [self.mlp(layer)]
+
     def hidden_norms(self) -> list[nn.Module]:
         """Every norm over the hidden dimension (hidden_prunable adapters only)."""
         raise NotImplementedError
@@ -120,8 +124,8 @@ class Adapter:
         return [[names[id(m)] for m in group] for group in self._input_groups(layer)]
 
     def _input_groups(self, layer) -> list[list[nn.Linear]]:
-        att, mlp = self.attention(layer), self.mlp(layer)
-        return [[att.q, att.k, att.v], [att.o], list(mlp.inputs), [mlp.output]]
+        att = self.attention(layer)
+        return [[att.q, att.k, att.v], [att.o]] + [g for mlp in self.mlps(layer) for g in (list(mlp.inputs), [mlp.output])]
 
     def prunable_parameters(self) -> int:
         return sum(lin.weight.numel() for layer in self.layers()
@@ -132,33 +136,37 @@ class Adapter:
                    for lin in self.prunable_linears(layer).values())
 
     def units(self, layer: nn.Module) -> list[Units]:
-        """The layer's attention units and FFN neurons."""
-        att, mlp = self.attention(layer), self.mlp(layer)
+        """The layer's attention units and FFN neurons (kind "neurons"; per FFN of a mixture,
+        "neurons", "neurons1", ...)."""
+        att = self.attention(layer)
         rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
         q_rows = torch.arange(att.num_heads * hd).view(att.num_kv_heads, rep * hd)
         kv_rows = torch.arange(att.num_kv_heads * hd).view(att.num_kv_heads, hd)
-        neurons = torch.arange(mlp.output.in_features).view(-1, 1)
-        return [Units("heads", att.o, q_rows, [att.q, att.k, att.v], [q_rows, kv_rows, kv_rows], [2], rep),
-                Units("neurons", mlp.output, neurons, list(mlp.inputs), [neurons] * len(mlp.inputs),
-                      list(range(len(mlp.inputs))))]
+        units = [Units("heads", att.o, q_rows, [att.q, att.k, att.v], [q_rows, kv_rows, kv_rows], [2], rep)]
+        for e, mlp in enumerate(self.mlps(layer)):
+            neurons = torch.arange(mlp.output.in_features).view(-1, 1)
+            units.append(Units(f"neurons{e or ''}", mlp.output, neurons, list(mlp.inputs), [neurons] * len(mlp.inputs),
+                               list(range(len(mlp.inputs)))))
+        return units
 
     def linear_names(self, layer: nn.Module, roles) -> list[str]:
         """Module names (in the whole model) of a layer's linears by role (ROLES) - what peft's
         LoRA `target_modules` takes."""
-        att, mlp = self.attention(layer), self.mlp(layer)
-        by_role = dict(zip(ROLES, ([att.q], [att.k], [att.v], [att.o], mlp.inputs, [mlp.output])))
+        att, mlps = self.attention(layer), self.mlps(layer)
+        by_role = dict(zip(ROLES, ([att.q], [att.k], [att.v], [att.o], [i for m in mlps for i in m.inputs],
+                                   [m.output for m in mlps])))
         names = {m: n for n, m in self.model.named_modules()}
         return [names[lin] for role in roles for lin in by_role[role]]
 
     # -- the residual stream (hidden dimensions) -----------------------------------------------
     def hidden_writers(self, layer: nn.Module) -> list[nn.Linear]:
         """The linears that add to the residual stream (their rows are hidden dimensions)."""
-        return [self.attention(layer).o, self.mlp(layer).output]
+        return [self.attention(layer).o, *(m.output for m in self.mlps(layer))]
 
     def hidden_readers(self, layer: nn.Module) -> list[nn.Linear]:
         """The linears that read the (normed) residual stream (their columns are hidden dimensions)."""
         att = self.attention(layer)
-        return [att.q, att.k, att.v, *self.mlp(layer).inputs]
+        return [att.q, att.k, att.v, *(i for m in self.mlps(layer) for i in m.inputs)]
 
     def max_positions(self) -> int | None:
         """The longest window the model was built for (None: no limit stated)."""
@@ -193,6 +201,8 @@ class Adapter:
         """Keeps only the units `keep[kind]` (indices) of `layer`; returns its new shape."""
         for units in self.units(layer):
             idx = keep[units.kind]
+            if len(idx) == units.count:  # all kept: nothing to slice
+                continue
             for lin, rows in zip(units.producers, units.rows):
                 replace(layer, lin, sliced(lin, rows=rows[idx].flatten()))
             replace(layer, units.consumer, sliced(units.consumer, cols=units.cols[idx].flatten()))
@@ -250,7 +260,8 @@ class Adapter:
             cfg.num_attention_heads = shapes[0]["num_heads"]
             if hasattr(cfg, "num_key_value_heads"):
                 cfg.num_key_value_heads = shapes[0]["num_kv_heads"]
-            setattr(cfg, self.ffn_config_key, shapes[0]["ffn"])
+            if shapes[0]["ffn"] is not None:  # None: widths the config does not hold (experts)
+                setattr(cfg, self.ffn_config_key, shapes[0]["ffn"])
         cfg.surgeon_native = native
         return native
 
