@@ -270,8 +270,34 @@ def test_nm_element_fill_caps_each_group_and_the_last_shot_completes_the_pattern
         assert (f.reshape(-1, 4).sum(1) == 2).all() and (f | ~m).all()
 
 
+def test_nm_pattern_fill_tightens_every_group_each_shot_to_the_target():
+    """4:8 over four shots: 7:8, 6:8, 5:8, 4:8 in every group; each shot keeps the last one's zeros."""
+    costs = [torch.rand(8, 32), torch.rand(4, 64) * 3]
+    structure, previous = NM(4, 8, "pattern"), None
+    for shot, keep in zip(range(1, 5), (7, 6, 5, 4)):
+        masked = costs if previous is None else [c.masked_fill(m, 0.0) for c, m in zip(costs, previous)]
+        masks = structure.select(masked, shot * 0.5 / 4, "global")
+        for c, m in zip(costs, masks):
+            assert (m.reshape(-1, 8).sum(1) == 8 - keep).all()
+        if previous is not None:
+            assert all((m | ~p).all() for m, p in zip(masks, previous))
+        previous = masks
+
+
+def test_nm_pattern_fill_over_two_shots_of_a_correlated_step_holds_3_4_then_2_4():
+    model = tiny_model("tiny_llama")
+    adapter = adapter_for(model)
+    m = Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac"), NM(2, 4, "pattern"))
+    windows = torch.randint(0, 256, (3, 24))
+    for sparsity, zeros in ((0.25, 1), (0.5, 2)):
+        prune(adapter, m, sparsity, windows)
+        for layer in adapter.layers():
+            for lin in adapter.prunable_linears(layer).values():
+                assert ((lin.weight == 0).reshape(lin.out_features, -1, 4).sum(-1) == zeros).all()
+
+
 def test_nm_fill_must_be_known():
-    with pytest.raises(SurgeonError, match="structure.fill 'rows' is not one of groups, elements"):
+    with pytest.raises(SurgeonError, match="structure.fill 'rows' is not one of groups, elements, pattern"):
         NM(2, 4, "rows")
 
 

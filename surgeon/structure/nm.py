@@ -7,7 +7,10 @@ A multi-shot schedule reaches the pattern through intermediate sparsities, and `
   groups:   each shot makes the cheapest whole groups N:M and leaves the rest dense (the LLM
             Surgeon reference); the last shot must then force every remaining, costliest group.
   elements: each shot removes the cheapest single weights, at most M-N per group (each group's
-            cheapest), so the last shot only completes the groups that are still short.
+            cheapest), so the last shot only completes the groups that are still short;
+  pattern:  each shot tightens the pattern of every group: a shot to sparsity s leaves
+            M - round(s M) weights of every M (2:4 over two shots: 3:4, then 2:4; 4:8 over four:
+            7:8, 6:8, 5:8, 4:8), so no shot forces the costliest groups all at once.
 One-shot methods see only the final pattern, where the two agree.
 
 `select` says how a correlated (K-FAC) step picks the weights of the shot that completes it:
@@ -25,7 +28,7 @@ from surgeon.structure.base import cheapest
 from surgeon.structure.unstructured import Unstructured
 from surgeon.update.obs import obs_prune
 
-FILLS = ("groups", "elements")
+FILLS = ("groups", "elements", "pattern")
 SELECTS = ("costs", "sequential")
 
 
@@ -70,6 +73,10 @@ class NM(Unstructured):
     def select(self, costs, sparsity, scope):
         n, m = self.n, self.m
         groups = [c.reshape(c.shape[0], -1, m) for c in costs]
+        if self.fill == "pattern":  # every group to the shot's own pattern (earlier zeros cost 0: kept)
+            k = min(m - n, round(sparsity * m))
+            return [torch.zeros_like(g, dtype=torch.bool).scatter_(2, torch.topk(g, k, dim=2, largest=False).indices, True)
+                    .reshape(c.shape) for g, c in zip(groups, costs)]
         drop = [torch.topk(g, m - n, dim=2, largest=False) for g in groups]
         if self.fill == "elements" and not self.completes(sparsity):
             allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
