@@ -11,13 +11,16 @@ sequential: for each layer, feed its inputs through it once with hooks that feed
   layer's inputs (errors of earlier layers are seen and compensated by later ones).
 whole_model: statistics of every layer before any decision (a global threshold compares them all):
   without gradients, layer by layer as above with nothing pruned; with gradients, forward +
-  backward passes of the model over each window.
+  backward passes of the model over each window - layer by layer (`gradient_pass`: one layer on
+  the accelerator, each layer run twice), or with the whole model on the device where it fits
+  (`autograd_pass`: each layer once, the floor); `floor_pass` times a plain forward + backward.
 A statistics object serves the linears that read one input: its `add_batch` hooks the first of
 them, its `add_grad` each one's output. An object with `hooks()` (a structure's observer of a
 whole decoder layer) attaches itself instead.
 """
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -163,10 +166,11 @@ def sequential(adapter, windows, device: torch.device, statistics, decide, timin
 
 
 def whole_model(adapter, windows, device: torch.device, statistics, gradients: bool,
-                labels: str = "empirical", seed: int = 0, chunk: int = 16) -> dict:
+                labels: str = "empirical", seed: int = 0, chunk: int = 16, mode: str = "layerwise") -> dict:
     """Statistics of every layer before any decision: {key: statistics object}, where
     `statistics(i, layer)` gives layer i's objects, keyed as the result. Without gradients, layer by
-    layer as `sequential`, nothing pruned; with gradients, `gradient_pass`."""
+    layer as `sequential`, nothing pruned; with gradients, `gradient_pass` (mode "layerwise") or
+    `autograd_pass` (mode "whole")."""
     stats = {}
 
     def collect(i, layer):
@@ -182,8 +186,80 @@ def whole_model(adapter, windows, device: torch.device, statistics, gradients: b
     else:
         for i, layer in enumerate(adapter.layers()):
             collect(i, layer)
-        gradient_pass(adapter, windows, device, stats, labels, seed, chunk)
+        if mode == "whole":
+            autograd_pass(adapter, windows, device, stats, labels, seed)
+        else:
+            gradient_pass(adapter, windows, device, stats, labels, seed, chunk)
     return stats
+
+
+def _loss(logits: torch.Tensor, window: torch.Tensor, labels: str, gen) -> torch.Tensor:
+    """The summed next-token loss of one window; `labels` "true": targets sampled from the model."""
+    flat = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    if labels == "true":
+        with torch.no_grad():
+            targets = torch.multinomial(flat.softmax(-1), 1, generator=gen).flatten()
+    else:
+        targets = window[1:].to(flat.device)
+    return torch.nn.functional.cross_entropy(flat, targets, reduction="sum")
+
+
+@contextmanager
+def _frozen(model):
+    """Parameters without gradients for the block: backward computes activation gradients only."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def autograd_pass(adapter, windows, device: torch.device, stats: dict, labels: str = "empirical",
+                  seed: int = 0) -> None:
+    """As `gradient_pass`, with the whole model on the device: per window one forward and one
+    backward of the model's own code (the embedding output made to require gradients, no
+    parameter gradients). Where the model fits - on a CPU it is home anyway - this is the cost
+    floor of a gradient curvature: no layer is run twice."""
+    model = adapter.model
+    gen = torch.Generator(device=device).manual_seed(seed)
+    emb = adapter.embeddings()
+    with _frozen(model), on_device(model, device):
+        hooks = _feed(stats, gradients=True)
+        hooks.append(emb.register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True)))
+        try:
+            for w in windows:
+                w = w.unsqueeze(0).to(device)
+                with torch.enable_grad():
+                    _loss(model(w, use_cache=False).logits, w[0], labels, gen).backward()
+        finally:
+            _remove(hooks)
+
+
+def floor_pass(adapter, windows, device: torch.device) -> float:
+    """Seconds of a plain forward + backward (parameter gradients included, as training computes
+    them) over `windows`, one at a time, the whole model on the device: what a gradient
+    curvature's pass is compared with. Gradients are dropped after each window."""
+    model = adapter.model
+    flags = {p: p.requires_grad for p in model.parameters()}
+    t = time.perf_counter()
+    try:
+        with on_device(model, device):
+            for p in flags:
+                p.requires_grad_(True)
+            for w in windows:
+                w = w.unsqueeze(0).to(device)
+                with torch.enable_grad():
+                    _loss(model(w, use_cache=False).logits, w[0], "empirical", None).backward()
+                model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    return time.perf_counter() - t
 
 
 def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: str = "empirical",
@@ -201,10 +277,7 @@ def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: s
     layers, model = adapter.layers(), adapter.model
     head = [*trunk(adapter), model.get_output_embeddings()]
     gen = torch.Generator(device=device).manual_seed(seed)
-    flags = {p: p.requires_grad for p in model.parameters()}
-    for p in flags:
-        p.requires_grad_(False)
-    try:
+    with _frozen(model):
         for start in range(0, len(windows), chunk):
             ws = windows[start:start + chunk]
             with on_device(trunk(adapter), device):
@@ -219,14 +292,7 @@ def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: s
                 for w, x in zip(ws, kept.pop()):
                     x = x.to(device).requires_grad_(True)
                     with torch.enable_grad():
-                        logits = head_logits(adapter, w.unsqueeze(0).to(device), x)[:, :-1].float()
-                        flat = logits.reshape(-1, logits.shape[-1])
-                        if labels == "true":  # labels from the model's own predictive distribution
-                            with torch.no_grad():
-                                targets = torch.multinomial(flat.softmax(-1), 1, generator=gen).flatten()
-                        else:
-                            targets = w[1:].to(device)
-                        loss = torch.nn.functional.cross_entropy(flat, targets, reduction="sum")
+                        loss = _loss(head_logits(adapter, w.unsqueeze(0).to(device), x), w, labels, gen)
                         grads.append(torch.autograd.grad(loss, x)[0])
             for i in reversed(range(len(layers))):
                 with on_device(layers[i], device):
@@ -236,9 +302,6 @@ def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: s
                                  for x, g in zip(kept[i], grads)]
                     finally:
                         _remove(hooks)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
 
 
 def _backward(layer, x: torch.Tensor, grad_out: torch.Tensor, kwargs: dict) -> torch.Tensor:

@@ -127,7 +127,8 @@ def test_passes_hold_one_layer_and_the_trunk_on_the_device(method):
     model = tiny_model("tiny_llama")
     adapter = adapter_for(model)
     if method == "kfac":
-        m = Method(method_cfg(allocation="global", update="correlated"), curvature_cfg("kfac", chunk=2), Unstructured())
+        m = Method(method_cfg(allocation="global", update="correlated"),
+                   curvature_cfg("kfac", chunk=2, gradient_pass="layerwise"), Unstructured())
     else:
         m = Method(*METHODS["sparsegpt"], Unstructured())
     RESIDENT.reset()

@@ -17,10 +17,10 @@ KCFG = curvature_cfg("kfac", damp=0.0, damp_g=0.0)
 CPU = torch.device("cpu")
 
 
-def _statistics(adapter, windows, method, seed=0):
+def _statistics(adapter, windows, method, seed=0, mode="layerwise"):
     """Every prunable linear's statistics from the whole-model pass, by (layer, name)."""
     return engine.whole_model(adapter, windows, CPU, lambda i, layer: method.statistics(adapter, i, layer),
-                              method.gradients, method.backend.labels(method.curvature_cfg), seed)
+                              method.gradients, method.backend.labels(method.curvature_cfg), seed, 2, mode)
 
 
 def _one_linear_shot(lin, factors, structure, sparsity, max_correlate=0):
@@ -111,15 +111,17 @@ def _full_model_pass(adapter, windows, stats):
 
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("curvature", ["kfac", "fisher"])
-def test_layer_by_layer_gradient_pass_equals_one_full_model_autograd_pass(name, curvature):
+@pytest.mark.parametrize("mode", ["layerwise", "whole"])
+def test_layer_by_layer_gradient_pass_equals_one_full_model_autograd_pass(name, curvature, mode):
     """K-FAC's A and G (and the exact diagonal Fisher) from the pass that holds one layer at a
     time - chunks of 2 of 3 windows, the loss on the final norm and head alone - equal those of
-    one full-model autograd pass, on every architecture (Gemma 3's sliding layers included)."""
+    one full-model autograd pass, on every architecture (Gemma 3's sliding layers included); so do
+    those of the engine's own whole-model pass (mode whole, the floor where the model fits)."""
     adapter = adapter_for(tiny_model(name))
     cfg = curvature_cfg("kfac", chunk=2) if curvature == "kfac" else curvature_cfg("diagonal", source="fisher", chunk=2)
     m = Method(method_cfg(allocation="global"), cfg, Unstructured())
     windows = torch.randint(0, 256, (3, 20))  # longer than Gemma's sliding window (16)
-    layered = _statistics(adapter, windows, m)
+    layered = _statistics(adapter, windows, m, mode=mode)
     reference = {k: v for i, layer in enumerate(adapter.layers()) for k, v in m.statistics(adapter, i, layer).items()}
     _full_model_pass(adapter, windows, reference)
     for (i, lin), curv in layered.items():

@@ -50,6 +50,9 @@ class Curvature:
             fisher_kind(cfg)
             if int(cfg.chunk) < 1:
                 raise SurgeonError(f"curvature.chunk must be positive, got {cfg.chunk}")
+            one_of(cfg, "gradient_pass", ("auto", "layerwise", "whole"))
+            if not isinstance(cfg.time_floor, bool):
+                raise SurgeonError(f"curvature.time_floor must be true or false, got {cfg.time_floor}")
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:

@@ -60,6 +60,12 @@ class Method:
         # decisions that compare layers, or gradients of the loss, need every layer's statistics first
         self.whole_model = cfg.allocation == "global" or self.gradients
 
+    def gradient_pass(self, device) -> str:
+        """layerwise (one layer on the accelerator) or whole (the model there at once); auto:
+        whole on a CPU, where the model lives anyway, layerwise on an accelerator."""
+        mode = self.curvature_cfg.get("gradient_pass", "auto")
+        return ("whole" if device.type == "cpu" else "layerwise") if mode == "auto" else mode
+
     @property
     def needs_data(self) -> bool:
         return self.backend.needs_data or self.structure.needs_data
@@ -101,11 +107,18 @@ class Method:
             return engine.sequential(adapter, windows, device, statistics,
                                      lambda i, layer, stats: self.decide(adapter, [i], stats, ratio(i)), timings)
         t = time.time()
+        mode = self.gradient_pass(device)
         stats = engine.whole_model(adapter, windows, device, statistics, self.gradients,
                                    self.backend.labels(self.curvature_cfg), seed,
-                                   int(self.curvature_cfg.chunk) if self.gradients else 1)
+                                   int(self.curvature_cfg.chunk) if self.gradients else 1, mode)
         timings["curvature_s"] = time.time() - t
         log.info("curvature of %d linears estimated in %.1fs", len(stats), timings["curvature_s"])
+        if self.gradients:
+            timings["gradient_pass"] = mode
+            if self.curvature_cfg.time_floor:  # the same tokens through a plain forward + backward
+                timings["floor_s"] = engine.floor_pass(adapter, windows, device)
+                log.info("gradient pass %.1fs (%s) vs plain forward + backward %.1fs: x%.2f", timings["curvature_s"],
+                         mode, timings["floor_s"], timings["curvature_s"] / timings["floor_s"])
         t = time.time()
         records = self.decide(adapter, list(range(len(layers))), stats, sparsity)
         timings["update_s"] = time.time() - t
