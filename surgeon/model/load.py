@@ -180,9 +180,10 @@ def _gguf_file(cfg: DictConfig) -> Path:
                     data = part.read_bytes()
                     digest.update(data)
                     out.write(data)
-            if not digest.hexdigest().startswith(cfg.sha256_prefix):
+            if digest.hexdigest() != cfg.sha256:
                 tmp.unlink()
-                raise SurgeonError(f"joined GGUF for '{cfg.name}' fails its sha256 check")
+                raise SurgeonError(f"joined GGUF for '{cfg.name}' fails its sha256 check "
+                                   f"(got {digest.hexdigest()}, want {cfg.sha256})")
             os.replace(tmp, target)
         return target
     return assets.asset_path(cfg.packages[0], cfg.file)
