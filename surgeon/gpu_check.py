@@ -204,6 +204,10 @@ def model24(b: Path, device, shape, out: dict) -> None:
     from surgeon.eval import semi_structured
     from surgeon.model import adapter_for
 
+    why = semi_structured.unavailable(device)
+    if why:
+        out["model24"] = {"skipped": why}
+        return
     model = random_model(b, {**shape, "layers": min(shape["layers"], 4)}, "float16", device)
     prune(b, model, "magnitude", 0.5, None, torch.device("cpu"), "structure=nm")
     probe = _windows(b, 1, 128)
