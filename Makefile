@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-models run test test-slow bench bench-surgeon bench-scale gpu-check sweep tables plots clean
+.PHONY: help setup setup-models run test test-slow bench bench-latency bench-surgeon bench-scale gpu-check sweep tables plots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench-scale: setup  ## cost per layer vs width (random Llama shapes up to TinyLl
 gpu-check: setup  ## builds gpu_bundle/ for the lent GPU machine and dry-runs the checks on the CPU (surgeon/gpu_check.py)
 	$(PY) -m surgeon.gpu_check --bundle gpu_bundle
 	$(PY) -m surgeon.gpu_check --dry-run --bundle-dir gpu_bundle --out outputs/gpu_check
+
+bench-latency: setup  ## generation latency of compacted runs side by side: make bench-latency DIRS="outputs/multirun/..."
+	$(PY) -m surgeon.bench_latency $(DIRS)
 
 bench-surgeon: setup  ## cost of one LLM Surgeon shot vs calibration tokens and width -> outputs/bench/
 	$(PY) -m surgeon.bench_surgeon
