@@ -22,6 +22,7 @@ def shaped_model(r: dict):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from surgeon.model.adapters import adapter_for
+    from surgeon.compact import reshape
     from surgeon.config import model_config
     from surgeon.model.load import _dequantized_folder
 
@@ -34,8 +35,7 @@ def shaped_model(r: dict):
     keep = [i for i in range(len(adapter.layers())) if i not in removed]
     if removed:
         adapter.drop_layers(keep)
-    for layer, s in zip(adapter.layers(), r["compaction"]["layer_shapes"]):
-        adapter.resize(layer, {"heads": torch.arange(s["num_kv_heads"]), "neurons": torch.arange(s["ffn"])})
+    reshape(adapter, r["compaction"]["layer_shapes"])
     return model
 
 

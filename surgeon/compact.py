@@ -98,6 +98,13 @@ def save(model, tokenizer, directory) -> int:
     return sum(p.stat().st_size for p in directory.glob("*.safetensors"))
 
 
+def reshape(adapter, shapes: list[dict]) -> None:
+    """Resizes each decoder layer to its recorded shape (`surgeon_layer_shapes`), weights aside."""
+    for layer, s in zip(adapter.layers(), shapes):
+        neurons = {} if s["ffn"] is None else {"neurons": torch.arange(s["ffn"])}
+        adapter.resize(layer, {"heads": torch.arange(s["num_kv_heads"]), **neurons})
+
+
 def load(directory, dtype=torch.float32):
     """Loads a compacted model, whatever its per-layer shapes."""
     from safetensors.torch import load_file
@@ -110,9 +117,7 @@ def load(directory, dtype=torch.float32):
         return AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     adapter = adapter_for(model)
-    for layer, s in zip(adapter.layers(), shapes):  # the shapes only; the weights come next
-        neurons = {} if s["ffn"] is None else {"neurons": torch.arange(s["ffn"])}
-        adapter.resize(layer, {"heads": torch.arange(s["num_kv_heads"]), **neurons})
+    reshape(adapter, shapes)  # the shapes only; the weights come next
     state = {}
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(f))

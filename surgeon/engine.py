@@ -205,11 +205,12 @@ def _loss(logits: torch.Tensor, window: torch.Tensor, labels: str, gen) -> torch
 
 
 @contextmanager
-def _frozen(model):
-    """Parameters without gradients for the block: backward computes activation gradients only."""
+def _grads(model, on: bool):
+    """Every parameter's requires_grad set to `on` for the block, then restored. Off: backward
+    computes activation gradients only."""
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in flags:
-        p.requires_grad_(False)
+        p.requires_grad_(on)
     try:
         yield
     finally:
@@ -226,7 +227,7 @@ def autograd_pass(adapter, windows, device: torch.device, stats: dict, labels: s
     model = adapter.model
     gen = torch.Generator(device=device).manual_seed(seed)
     emb = adapter.embeddings()
-    with _frozen(model), on_device(model, device):
+    with _grads(model, False), on_device(model, device):
         hooks = _feed(stats, gradients=True)
         hooks.append(emb.register_forward_hook(lambda mod, inp, out: out.detach().requires_grad_(True)))
         try:
@@ -243,22 +244,15 @@ def floor_pass(adapter, windows, device: torch.device) -> float:
     them) over `windows`, one at a time, the whole model on the device: what a gradient
     curvature's pass is compared with. Gradients are dropped after each window."""
     model = adapter.model
-    flags = {p: p.requires_grad for p in model.parameters()}
     t = time.perf_counter()
-    try:
-        with on_device(model, device):
-            for p in flags:
-                p.requires_grad_(True)
-            for w in windows:
-                w = w.unsqueeze(0).to(device)
-                with torch.enable_grad():
-                    _loss(model(w, use_cache=False).logits, w[0], "empirical", None).backward()
-                model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-    finally:
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
+    with _grads(model, True), on_device(model, device):
+        for w in windows:
+            w = w.unsqueeze(0).to(device)
+            with torch.enable_grad():
+                _loss(model(w, use_cache=False).logits, w[0], "empirical", None).backward()
+            model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
@@ -277,7 +271,7 @@ def gradient_pass(adapter, windows, device: torch.device, stats: dict, labels: s
     layers, model = adapter.layers(), adapter.model
     head = [*trunk(adapter), model.get_output_embeddings()]
     gen = torch.Generator(device=device).manual_seed(seed)
-    with _frozen(model):
+    with _grads(model, False):
         for start in range(0, len(windows), chunk):
             ws = windows[start:start + chunk]
             with on_device(trunk(adapter), device):

@@ -9,8 +9,6 @@ from tests.conftest import tiny_model
 
 
 def test_phi3_shows_its_fused_projections_as_parts_and_saves_them_fused(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     model = tiny_model("tiny_phi3").eval()
     x = torch.randint(0, 256, (1, 20))
     with torch.no_grad():
@@ -28,15 +26,24 @@ def test_phi3_shows_its_fused_projections_as_parts_and_saves_them_fused(tmp_path
         assert torch.equal(model(x).logits, before)  # the parts compute what the fused linear did
     adapter_for(model)  # a second adapter finds the parts in place
     att.k.weight.data[:3] = 0.0
-    keys = model.state_dict().keys()
-    assert "model.layers.0.self_attn.qkv_proj.weight" in keys and not any(".parts." in k for k in keys)
-    model.save_pretrained(tmp_path)
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    plain = _saved_and_reloaded(model, tmp_path, x, "model.layers.0.self_attn.qkv_proj.weight", ".parts.")
     fused = plain.model.layers[0].self_attn.qkv_proj
     assert type(fused) is torch.nn.Linear
     assert torch.equal(fused.weight, torch.cat([att.q.weight, att.k.weight, att.v.weight]))
+
+
+def _saved_and_reloaded(model, folder, x, kept_key: str, shown_part: str):
+    """The model's state dict holds `kept_key` (the original layout) and no key with `shown_part`;
+    saved and loaded with plain `from_pretrained`, it gives the same logits on `x`. Returns it."""
+    from transformers import AutoModelForCausalLM
+
+    keys = model.state_dict().keys()
+    assert kept_key in keys and not any(shown_part in k for k in keys)
+    model.save_pretrained(folder)
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.allclose(plain(x).logits, model(x).logits, atol=1e-5)
+    return plain
 
 
 def test_unknown_model_type_fails_in_one_line_listing_the_families():
@@ -50,8 +57,6 @@ def test_unknown_model_type_fails_in_one_line_listing_the_families():
 
 @pytest.mark.parametrize("name", ["tiny_mixtral", "tiny_qwen2_moe", "tiny_qwen3_moe"])
 def test_packed_experts_are_shown_one_linear_each_and_saved_packed(tmp_path, name):
-    from transformers import AutoModelForCausalLM
-
     model = tiny_model(name).eval()
     x = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
@@ -64,14 +69,9 @@ def test_packed_experts_are_shown_one_linear_each_and_saved_packed(tmp_path, nam
         assert torch.allclose(model(x).logits, before, atol=1e-6)
     ex = adapter.layers()[0].mlp.experts.experts[2]
     ex.up.weight.data[:5] = 0.0
-    keys = model.state_dict().keys()
-    assert "model.layers.0.mlp.experts.gate_up_proj" in keys and not any(".experts.experts." in k for k in keys)
-    model.save_pretrained(tmp_path)
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    plain = _saved_and_reloaded(model, tmp_path, x, "model.layers.0.mlp.experts.gate_up_proj", ".experts.experts.")
     packed = plain.model.layers[0].mlp.experts
     assert torch.equal(packed.gate_up_proj[2], torch.cat([ex.gate.weight, ex.up.weight]))
-    with torch.no_grad():
-        assert torch.allclose(plain(x).logits, model(x).logits, atol=1e-5)
 
 
 def _routed_tokens(model, windows) -> dict:
