@@ -81,7 +81,7 @@ class Method:
         linears that read one input share an object."""
         wanted = {t.name for t in self.structure.targets(adapter, index, layer)}
         linears = adapter.prunable_linears(layer)
-        out = self.structure.statistics(index, layer)  # what the structure itself observes (if anything)
+        out = self.structure.statistics(adapter, index, layer)  # what the structure itself observes (if anything)
         for group in adapter.input_groups(layer):
             members = {n: linears[n] for n in group if n in wanted}
             if members:

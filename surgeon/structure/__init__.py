@@ -1,6 +1,7 @@
 """Structures: what is removed together, chosen by `structure=<name>`."""
 from surgeon.errors import SurgeonError
 from surgeon.structure.base import Structure, Target
+from surgeon.structure.experts import Experts
 from surgeon.structure.heads_neurons import HeadsNeurons
 from surgeon.structure.layers import Layers
 from surgeon.structure.nm import NM
@@ -19,7 +20,9 @@ def build(cfg) -> Structure:
         return HeadsNeurons()
     if cfg.name == "layers":
         return Layers(cfg.score)
+    if cfg.name == "experts":
+        return Experts(cfg.score)
     raise SurgeonError(f"structure '{cfg.name}' is not implemented")
 
 
-__all__ = ["HeadsNeurons", "Layers", "NM", "RowsCols", "Structure", "Target", "Unstructured", "build"]
+__all__ = ["Experts", "HeadsNeurons", "Layers", "NM", "RowsCols", "Structure", "Target", "Unstructured", "build"]

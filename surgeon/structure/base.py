@@ -52,7 +52,7 @@ class Structure:
         """Every prunable linear of the layer, decided on its own weights."""
         return [Target(index, name, lin) for name, lin in adapter.prunable_linears(layer).items()]
 
-    def statistics(self, index: int, layer) -> dict:
+    def statistics(self, adapter, index: int, layer) -> dict:
         """{(index, key): object} the structure observes in decoder layer `index` besides the
         curvature of its targets: objects whose `hooks()` attach them to the calibration pass."""
         return {}

@@ -69,7 +69,7 @@ class Layers(Structure):
         names = {id(m): n for n, m in linears.items()}
         return [Target(index, names[id(lin)], lin, list(linears.values())) for lin in adapter.hidden_writers(layer)]
 
-    def statistics(self, index, layer):
+    def statistics(self, adapter, index, layer):
         return {(index, "block"): BlockInfluence(layer)} if self.score == "block_influence" else {}
 
     def decide(self, targets, factors, stats, sparsity, opts, update):

@@ -102,6 +102,19 @@ class Adapter:
         """Every FFN of the layer: one, or each expert of a mixture (and a shared expert)."""
         return [self.mlp(layer)]
 
+    def experts(self, layer: nn.Module):
+        """The layer's routed experts (surgeon/model/adapters/experts.py `Experts`), or None for a
+        dense FFN."""
+        return None
+
+    def experts_per_token(self) -> int:
+        """How many experts the router picks for each token (mixtures only)."""
+        raise NotImplementedError
+
+    def drop_experts(self, layer: nn.Module, keep: list[int]) -> None:
+        """Keeps routed experts `keep` of `layer`, with their router rows (mixtures only)."""
+        raise NotImplementedError
+
     def hidden_norms(self) -> list[nn.Module]:
         """Every norm over the hidden dimension (hidden_prunable adapters only)."""
         raise NotImplementedError

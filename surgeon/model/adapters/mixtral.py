@@ -4,8 +4,12 @@ plus - Qwen2-MoE - a shared expert that every token passes through. Each expert 
 own to every method, with statistics from the tokens routed to it. Layers that some Qwen-MoE
 configs keep dense (`mlp_only_layers`) are plain gated FFNs. The router reads the hidden state
 through a bare parameter, so hidden dimensions are never pruned; expert widths stay as they are
-when compacting (a packed checkpoint needs one width for all experts).
+when compacting (a packed checkpoint needs one width for all experts); whole experts can go
+(`drop_experts`), with their router rows, as long as every layer keeps the same number (the
+config holds one count).
 """
+from torch import nn
+
 from surgeon.errors import SurgeonError
 from surgeon.model.adapters.base import Mlp
 from surgeon.model.adapters.experts import unpack
@@ -21,6 +25,20 @@ class MixtralAdapter(LlamaAdapter):
         for layer in self.layers():
             if hasattr(layer.mlp, "experts"):
                 unpack(layer.mlp)
+
+    def experts(self, layer):
+        return getattr(layer.mlp, "experts", None)
+
+    def experts_per_token(self) -> int:
+        return self.config.num_experts_per_tok
+
+    def drop_experts(self, layer, keep):
+        router = layer.mlp.gate
+        router.weight = nn.Parameter(router.weight.data[keep])
+        router.num_experts = len(keep)
+        layer.mlp.experts.keep(keep)
+        key = "num_local_experts" if self.config.model_type == "mixtral" else "num_experts"
+        setattr(self.config, key, len(keep))
 
     def mlps(self, layer) -> list[Mlp]:
         m = layer.mlp
