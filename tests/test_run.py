@@ -216,11 +216,14 @@ def test_wandb_offline_sweep_is_grouped_flattened_and_keeps_artifacts(monkeypatc
 
 
 def test_results_name_the_commit_a_run_started_from(monkeypatch):
-    """A checkout that moves on during an hour-long run must not lend the run its new commit."""
+    """A checkout that moves on during an hour-long run, or between the jobs of a sweep run in one
+    process, must not lend the run its new commit."""
     from surgeon.tracking import results
 
     monkeypatch.setattr(results, "_START", {})  # restored afterwards: later runs record their own start
     monkeypatch.setattr(results, "_git_commit", lambda: "a" * 40)
     results.start_accounting(torch.device("cpu"))
     monkeypatch.setattr(results, "_git_commit", lambda: "b" * 40)
+    assert results.environment(torch.device("cpu"))["commit"] == "a" * 40
+    results.start_accounting(torch.device("cpu"))  # the sweep's next job, same process, same code
     assert results.environment(torch.device("cpu"))["commit"] == "a" * 40

@@ -72,17 +72,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-_START = {}  # what start_accounting saw: the code a run ran is the code at its start
+_START = {}  # what start_accounting saw: the code a process runs is the code it imported at its start
 
 
 def start_accounting(device) -> None:
     """Peaks from here on: parameters on the compute device, accelerator memory; and the commit
-    (an hour-long run during which the checkout moves on must name the code it ran)."""
+    (an hour-long run, or a sweep's later jobs in the same process, must name the code it imported,
+    not where the checkout has moved on to since)."""
     import torch
 
     from surgeon.model.placement import RESIDENT
 
-    _START["commit"] = _git_commit()
+    if "commit" not in _START:
+        _START["commit"] = _git_commit()
     RESIDENT.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
