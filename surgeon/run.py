@@ -146,7 +146,8 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
 def compact_and_measure(model, tokenizer, evaluator, device, cfg, out_dir: Path) -> dict:
     """Shrinks the pruned model's shapes (surgeon/compact.py) and records what that buys:
     parameters, safetensors size and generation latency before (dense shapes) and after, and
-    the largest logit difference between the compacted and the masked model."""
+    the largest logit difference between the compacted and the masked model (and, when saved,
+    between the model reloaded from its folder and the masked model)."""
     import tempfile
 
     import torch
@@ -165,14 +166,20 @@ def compact_and_measure(model, tokenizer, evaluator, device, cfg, out_dir: Path)
     with torch.no_grad():
         diff = (model(probe).logits - masked).abs().max().item()
     after = {"params": compact.parameter_count(model), "ms_per_token": ms_per_token(model, device, **lat)}
+    reload = None
     if cfg.save:
         after["file_bytes"] = compact.save(model, tokenizer, out_dir / "model")
+        reloaded = compact.load(out_dir / "model", dtype=next(model.parameters()).dtype).to(probe.device)
+        with torch.no_grad():  # what a user gets back from the folder, against the masked model
+            reload = {"loader": "from_pretrained" if model.config.surgeon_native else "surgeon.compact.load",
+                      "max_logit_diff": (reloaded(probe).logits - masked).abs().max().item()}
+        del reloaded
     else:
         with tempfile.TemporaryDirectory() as tmp:
             after["file_bytes"] = compact.save(model, None, tmp)
     log.info("compacted: %d -> %d parameters, %.1f -> %.1f ms/token, max logit diff %.2e", before["params"],
              after["params"], before["ms_per_token"], after["ms_per_token"], diff)
-    return {"before": before, "after": after, "max_logit_diff": diff, "layer_shapes": shapes,
+    return {"before": before, "after": after, "max_logit_diff": diff, "reload": reload, "layer_shapes": shapes,
             "native_transformers": bool(model.config.surgeon_native), "latency": lat}
 
 

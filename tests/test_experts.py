@@ -174,5 +174,6 @@ def test_drop_experts_run_compacts_and_saves_a_plain_checkpoint(compose_cfg, tmp
                  for lin in (*mlp.inputs, mlp.output))
     assert res["achieved_sparsity"] == pytest.approx(0.5 * routed / dense.prunable_parameters())  # attention stays
     assert res["compaction"]["max_logit_diff"] < 1e-4
+    assert res["compaction"]["reload"] == {"loader": "from_pretrained", "max_logit_diff": pytest.approx(0.0, abs=1e-4)}
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.float32)
     assert reloaded.config.num_experts == 2

@@ -121,6 +121,7 @@ def test_slimgpt_run_compacts_and_reports_what_it_bought(compose_cfg, tmp_path):
     ratios = res["shots"][0]["layer_ratios"]
     assert ratios[1] > ratios[0] and sum(ratios) / len(ratios) == pytest.approx(0.5)
     assert c["max_logit_diff"] < 1e-3
+    assert c["reload"]["loader"] == "surgeon.compact.load" and c["reload"]["max_logit_diff"] < 1e-3  # ratios differ by layer
     assert c["after"]["params"] < c["before"]["params"] and c["after"]["file_bytes"] < c["before"]["file_bytes"]
     assert c["before"]["params"] - c["after"]["params"] >= res["params_dense"] - res["params_pruned"]
     reloaded = compact.load(tmp_path / "model")
