@@ -57,6 +57,9 @@ def build(cfg: DictConfig) -> Plan:
     if schedule.per_layer and method.whole_model:
         raise SurgeonError(f"schedule={cfg.schedule.name} sets per-layer ratios; method={cfg.method.name} "
                            "decides globally (use schedule=linear or one_shot)")
+    if schedule.per_layer and not structure.layer_ratios:
+        raise SurgeonError(f"schedule={cfg.schedule.name} sets per-layer ratios; structure={cfg.structure.name} "
+                           "needs the same ratio in every layer (use schedule=linear or one_shot)")
     if schedule.per_layer and structure.fixed_sparsity:
         raise SurgeonError(f"structure={cfg.structure.name} fixes every layer's sparsity; "
                            f"schedule={cfg.schedule.name} cannot set per-layer ratios")
@@ -65,7 +68,9 @@ def build(cfg: DictConfig) -> Plan:
         why = (f"method={cfg.method.name} learns its own masks" if not isinstance(method, methods.Method) else
                "the method decides globally" if method.whole_model else
                f"schedule={cfg.schedule.name} sets per-layer ratios itself" if schedule.per_layer else
-               f"structure={cfg.structure.name} fixes every layer's sparsity" if structure.fixed_sparsity else None)
+               f"structure={cfg.structure.name} fixes every layer's sparsity" if structure.fixed_sparsity else
+               f"structure={cfg.structure.name} needs the same ratio in every layer" if not structure.layer_ratios
+               else None)
         if why:
             raise SurgeonError(f"layer_sparsity={cfg.layer_sparsity.name} sets per-layer ratios; {why} "
                                "(use layer_sparsity=uniform)")

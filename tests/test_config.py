@@ -111,6 +111,8 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["method=drop_experts", "structure.score=entropy"], "structure.score 'entropy' is not one of routed_norm, frequency, reap, curvature"),
     (["method=drop_experts", "method.allocation=global"], "structure=experts removes the same number of experts from every MoE layer"),
     (["method=wanda", "structure=experts"], "method=wanda cannot do structure=experts"),
+    (["method=drop_experts", "layer_sparsity=owl"], "structure=experts needs the same ratio in every layer"),
+    (["method=drop_experts", "schedule=incremental_ratio"], "structure=experts needs the same ratio in every layer"),
     (["recovery=lora", "recovery.data=web"], "recovery.data 'web' is not one of calibration, instructions"),
     (["recovery=lora", "recovery.steps=0"], "recovery.steps must be positive, got 0"),
     (["recovery=lora", "recovery.data=instructions", "recovery.instructions.path=/nonexistent.json"],

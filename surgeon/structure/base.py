@@ -33,6 +33,7 @@ class Structure:
     fixed_sparsity = False  # True: the pattern fixes every layer's sparsity (N:M)
     compactable = False     # True: removes whole units, which compaction takes out of the shapes
     semi_structured = False  # True: leaves every group of 4 inputs with 2 zeros (sparse tensor cores)
+    layer_ratios = True     # False: every layer must get the same ratio (no per-layer allocation)
 
     @property
     def label(self) -> str:

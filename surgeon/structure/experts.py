@@ -42,6 +42,7 @@ class Slot:
 class Experts(Structure):
     name = "experts"
     compactable = True
+    layer_ratios = False  # the config holds one expert count for every layer
 
     def __init__(self, score: str = "routed_norm"):
         if score not in SCORES:
