@@ -134,7 +134,7 @@ def test_missing_asset_package_names_the_pip_command():
 
 @pytest.mark.parametrize("arg, message", [
     ("model=nope", "error: unknown model 'nope' (choose from:"),
-    ("method=nope", "error: unknown method 'nope' (choose from: compresso, k_obd, l_obd, llm_surgeon, magnitude,"),
+    ("method=nope", "error: unknown method 'nope' (choose from: compresso, drop_experts, k_obd, l_obd, llm_surgeon, magnitude,"),
     ("sparsity=1.2", "error: sparsity must be in [0, 1), got 1.2"),
     ("method=wanda curvature.source=bogus", "error: curvature.source 'bogus' is not one of activations, kfac, fisher"),
     ("method=llm_surgeon curvature.store=nowhere", "error: curvature.store 'nowhere' is not one of device, cpu, disk"),
