@@ -32,11 +32,15 @@ SCORES = ("routed_norm", "frequency", "reap", "curvature")
 
 @dataclass
 class Slot:
-    """Expert `index` of a layer's `experts` (the adapter's module), for the structure's targets."""
+    """Expert `index` of decoder layer `layer` (the module), for the structure's targets."""
     adapter: object
     layer: object
-    experts: object
     index: int
+
+    @property
+    def experts(self):
+        """The layer's experts module, as the adapter gives it (after removals too)."""
+        return self.adapter.experts(self.layer)
 
 
 class Experts(Structure):
@@ -60,7 +64,7 @@ class Experts(Structure):
         return sparsity
 
     def check(self, adapter):
-        counts = {adapter.experts(layer).dense_count for layer in adapter.layers() if adapter.experts(layer) is not None}
+        counts = {e.dense_count for e in map(adapter.experts, adapter.layers()) if e is not None}
         if not counts:
             raise SurgeonError(f"structure=experts removes routed experts; model_type "
                                f"'{adapter.config.model_type}' has none (use structure=layers or heads_neurons)")
@@ -82,7 +86,7 @@ class Experts(Structure):
         if experts is None:
             return []
         names = {id(m): n for n, m in adapter.prunable_linears(layer).items()}
-        return [Target(index, names[id(mlp.output)], mlp.output, Slot(adapter, layer, experts, e))
+        return [Target(index, names[id(mlp.output)], mlp.output, Slot(adapter, layer, e))
                 for e, mlp in enumerate(experts.mlps())]
 
     def statistics(self, adapter, index, layer):
@@ -97,15 +101,15 @@ class Experts(Structure):
             by_layer.setdefault(t.layer, []).append(t)
         extras = {}
         for i, ts in by_layer.items():
-            slot = ts[0].units
-            scores = self.scores(i, ts, factors, stats, slot.experts.num_experts)
-            n = round(float(sparsity) * slot.experts.dense_count) - (slot.experts.dense_count - len(scores))
+            slot, experts = ts[0].units, ts[0].units.experts
+            scores = self.scores(i, ts, factors, stats, experts.num_experts)
+            n = round(float(sparsity) * experts.dense_count) - (experts.dense_count - len(scores))
             order = sorted(range(len(scores)), key=lambda e: scores[e])
             removed, keep = sorted(order[:max(n, 0)]), sorted(order[max(n, 0):])
-            ids = slot.experts.ids  # the present experts' indices in the dense model
+            ids = experts.ids  # the present experts' indices in the dense model
             slot.adapter.drop_experts(slot.layer, keep)
             names = {id(m): name for name, m in slot.adapter.prunable_linears(slot.layer).items()}
-            for e, mlp in zip(keep, slot.experts.mlps()):
+            for e, mlp in zip(keep, experts.mlps()):
                 extras[(i, names[id(mlp.output)])] = {"expert": ids[e], "expert_score": scores[e],
                                                       "experts_removed": [ids[r] for r in removed]}
         return extras
@@ -123,5 +127,3 @@ class Experts(Structure):
         if self.score == "routed_norm":
             return (usage.gated_norm / total).tolist()
         return (usage.gated_norm / usage.routed.clamp(min=1).double()).tolist()
-
-
