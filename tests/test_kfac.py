@@ -50,6 +50,19 @@ def test_kfac_of_one_sample_is_the_explicit_fisher():
     torch.testing.assert_close(torch.kron(curv.G("w"), curv.A("w")), torch.outer(g, g), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [5, 128, 129, 576, 1100])
+def test_upper_triangle_gram_sums_mirror_to_the_full_products(n):
+    from surgeon.curvature.base import add_gram, symmetric
+
+    torch.manual_seed(n)
+    batches = [torch.randn(k, n, dtype=torch.float64) for k in (3, 17, 40)]
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for x in batches:
+        add_gram(total, x)
+    X = torch.cat(batches)
+    assert torch.allclose(symmetric(total), X.T @ X, rtol=1e-12, atol=1e-10)
+
+
 def test_kfac_factors_are_expectations_over_samples():
     torch.manual_seed(1)
     lin = torch.nn.Linear(4, 3)

@@ -3,13 +3,14 @@
 For a linear s = W a + b the Fisher of [W | b] is approximated per token as G (x) A with
 A = E[a~ a~^T] (a~ = [a; 1] when there is a bias, so the bias is updated with the weights) and
 G = E[g g^T], g = dLoss/ds. q/k/v (gate/up) read one input and share one A; G is per linear.
+Both are sums of symmetric products, accumulated as upper triangles (`add_gram`: half the cost).
 Gradients come from a forward+backward pass of the whole model over the calibration windows:
 the empirical Fisher (true next tokens) by default, or the true Fisher (`fisher: true`: labels
 sampled from the model's own softmax). `damp` damps A, `damp_g` damps G, relative to their mean.
 """
 import torch
 
-from surgeon.curvature.base import Curvature
+from surgeon.curvature.base import Curvature, add_gram, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
@@ -33,23 +34,23 @@ class KFAC(Curvature):
         a = self.flat(inp)
         if self.bias:
             a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-        self.A_sum.add_((a.T @ a).to(self.A_sum.device))
+        add_gram(self.A_sum, a)
         self.tokens += a.shape[0]
 
     def add_grad(self, name, grad_out):
         g = self.flat(grad_out)
-        self.G_sum[name].add_((g.T @ g).to(self.G_sum[name].device))
+        add_gram(self.G_sum[name], g)
         self.grad_tokens[name] += g.shape[0]
 
     def A(self, name: str) -> torch.Tensor:
         """E[a a^T] over calibration tokens (bias row/column last if `name` has a bias)."""
-        A = self.A_sum.to(self.device) / max(self.tokens, 1)
+        A = symmetric(self.A_sum.to(self.device)) / max(self.tokens, 1)
         n = self.in_features + int(self.linears[name].bias is not None)
         return A[:n, :n]
 
     def G(self, name: str) -> torch.Tensor:
         """E[g g^T] over calibration tokens (g: loss gradient of `name`'s output)."""
-        return self.G_sum[name].to(self.device) / max(self.grad_tokens[name], 1)
+        return symmetric(self.G_sum[name].to(self.device)) / max(self.grad_tokens[name], 1)
 
     def factors(self, name):
         bias = self.linears[name].bias is not None
