@@ -6,7 +6,7 @@ factors: G = I, A = H, damped by `damp` x mean(diag H). q/k/v (and gate/up) shar
 """
 import torch
 
-from surgeon.curvature.base import Curvature, non_negative
+from surgeon.curvature.base import Curvature, add_gram, non_negative, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
@@ -17,16 +17,20 @@ class Hessian(Curvature):
 
     def __init__(self, linears, cfg):
         super().__init__(linears, cfg)
-        self.H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
+        self._H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
 
     def add_batch(self, inp):
         x = self.flat(inp)
         k = x.shape[0]
         # a running mean keeps H at the scale of one token whatever the calibration size
-        self.H *= self.tokens / (self.tokens + k)
+        self._H *= self.tokens / (self.tokens + k)
         self.tokens += k
         x = x * (2.0 / self.tokens) ** 0.5
-        self.H += x.T @ x
+        add_gram(self._H, x)  # the upper triangle only: `H` mirrors it
+
+    @property
+    def H(self) -> torch.Tensor:
+        return symmetric(self._H)
 
     def factors(self, name):
         return Kron(Factor(None), self.input_factor(None, lambda: Factor(self.H, float(self.cfg.damp))))
