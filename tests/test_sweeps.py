@@ -83,15 +83,15 @@ def test_a_sweep_accounts_for_every_job_and_fails_when_one_did(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_sweep_leaves_whole_results_and_resumes(tmp_path, sig):
     sweep = tmp_path / "sweep"
-    args = ["-m", "method=magnitude,llm_surgeon", "schedule.shots=8", "method.max_correlate=64",
+    args = ["-m", "method=magnitude,llm_surgeon", "schedule.shots=8", "schedule.eval_every=1", "method.max_correlate=64",
             "structure=unstructured", *QUICK, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${method.name}"]
     proc = subprocess.Popen([sys.executable, "-m", "surgeon.run", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    first = sweep / "magnitude" / "results.json"
+    first, second = sweep / "magnitude" / "results.json", sweep / "llm_surgeon" / "run.log"
     deadline = time.time() + 240
-    while not first.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(2.0)  # into the second job
+    while not second.exists() and time.time() < deadline:  # the second job has begun: its log is open
+        time.sleep(0.05)
+    time.sleep(0.5)  # into its shots (8, each evaluated: seconds of work), however loaded the machine
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert first.exists()
@@ -99,7 +99,7 @@ def test_a_killed_sweep_leaves_whole_results_and_resumes(tmp_path, sig):
         json.loads(f.read_text())  # whole, or not there
     resumed = _run(*args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "1 skipped" in resumed.stdout and (sweep / "llm_surgeon" / "results.json").exists()
+    assert "1 done, 1 skipped" in resumed.stdout and (sweep / "llm_surgeon" / "results.json").exists()
 
 
 def test_a_result_that_cannot_be_written_goes_to_a_named_fallback(tmp_path, monkeypatch):
