@@ -183,6 +183,25 @@ def test_correlated_update_with_whole_layer_chunk_is_exact_least_squares():
     torch.testing.assert_close(kron.correlated_update(W, torch.linalg.inv(G), torch.linalg.inv(A), rows, cols, 0, 4), new)
 
 
+@pytest.mark.parametrize("rows", [[3] * 40, [0] * 7 + [2] * 9 + [5] * 11])
+@pytest.mark.parametrize("with_g", [True, False])
+def test_one_chunk_system_equals_the_padded_batched_one(rows, with_g):
+    """A chunk solved alone (index_select gathers) gives what the batched, padded path gives."""
+    from surgeon.update.correlated import _solve_chunks
+
+    torch.manual_seed(len(rows))
+    X, Y = torch.randn(200, 64, dtype=torch.float64), torch.randn(200, 8, dtype=torch.float64)
+    Ainv = torch.linalg.inv(X.T @ X / 200 + 0.1 * torch.eye(64, dtype=torch.float64))
+    Ginv = torch.linalg.inv(Y.T @ Y / 200 + 0.1 * torch.eye(8, dtype=torch.float64)) if with_g else None
+    r = torch.tensor(rows)
+    c = torch.cat([torch.randperm(64)[:n] for n in torch.unique_consecutive(r, return_counts=True)[1].tolist()])
+    b = torch.randn(len(r), dtype=torch.float64)
+    alone = _solve_chunks(Ginv, Ainv, r, c, b, [(0, len(r))])
+    padded = _solve_chunks(Ginv, Ainv, torch.cat([r, r[:5]]), torch.cat([c, c[:5]]), torch.cat([b, b[:5]]),
+                           [(0, len(r)), (len(r), len(r) + 5)])[:len(r)]
+    torch.testing.assert_close(alone, padded, rtol=1e-10, atol=1e-12)
+
+
 def test_a_later_shot_keeps_earlier_zeros_in_the_obs_constraints():
     """Shot 2 of a multi-shot run: the weights shot 1 removed must stay zero *inside* the OBS
     solve, not be re-zeroed after it, so the result is the exact least-squares solution with
