@@ -109,3 +109,21 @@ def test_bad_zero_shot_configs(compose_cfg):
     with pytest.raises(SurgeonError, match="eval.zero_shot.limit must be"):
         check(compose_cfg("model=tiny_llama", "eval.zero_shot.tasks=[piqa]", "eval.zero_shot.limit=0"))
     check(compose_cfg("model=tiny_llama", "eval.zero_shot.tasks=[mmlu]", "eval.zero_shot.source=hub"))
+
+
+def test_the_batch_shrinks_until_a_batchs_logits_fit_in_memory():
+    gib = 2 ** 30
+    # a 262k vocabulary at 600 tokens: 1.8 GiB of logits per request; 60% of 18 GiB holds 6 of them
+    assert zero_shot.fitting_batch(16, 262_144, 600, 18 * gib) == 6
+    assert zero_shot.fitting_batch(16, 49_152, 600, 18 * gib) == 16  # a 49k vocabulary keeps the asked batch
+    assert zero_shot.fitting_batch(16, 262_144, 4096, gib) == 1     # never below one request
+    per_request = zero_shot.LOGIT_COPIES * 600 * 262_144 * 4
+    assert 6 * per_request <= 0.6 * 18 * gib < 7 * per_request
+
+
+def test_the_longest_request_is_counted_over_the_first_limit_documents():
+    words = lambda text: {"input_ids": text.split()}  # a tokenizer of words
+    docs = _docs("boolq")
+    by_hand = max(len(d["query"].split()) + len(max(d["choices"], key=len).split()) for d in docs[:50]) + 1
+    assert zero_shot.longest_request(["boolq"], 50, words) == by_hand
+    assert zero_shot.longest_request(["boolq"], None, words) >= by_hand

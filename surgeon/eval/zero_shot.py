@@ -137,6 +137,46 @@ def local_tasks(tasks) -> Path:
     return root
 
 
+# the harness holds a batch's logits over the whole vocabulary about three times over (the
+# model's output, its log-softmax, a gathered copy) while it scores one batch
+LOGIT_COPIES = 3
+HUB_TOKENS = 2048  # the longest request assumed for hub tasks, whose documents are not read here
+
+
+def longest_request(tasks, limit, tokenizer) -> int:
+    """Tokens in the longest request of the local tasks' first `limit` documents: a context with
+    its longest choice (or continuation), counted on the 8 longest such texts by characters."""
+    root, texts = local_tasks(tasks), []
+    for task in tasks:
+        with open(root / f"{PREFIX}{task}.jsonl", encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if limit is not None and i >= limit:
+                    break
+                d = json.loads(line)
+                contexts = d.get("contexts") or [d.get("query") or d.get("context") or ""]
+                endings = d.get("choices") or [d.get("continuation") or d.get("target") or ""]
+                texts.append(max(contexts, key=len) + " " + max(endings, key=len))
+    return max(len(tokenizer(t)["input_ids"]) for t in sorted(texts, key=len)[-8:]) + 1
+
+
+def fitting_batch(asked: int, vocab: int, tokens: int, free_bytes: int) -> int:
+    """The largest batch up to `asked` whose logits (LOGIT_COPIES x batch x tokens x vocab floats)
+    fit in 60% of `free_bytes`: a 262k vocabulary makes a 600-token request's logits 0.6 GB,
+    and a batch of 16 of them exhausts a 24 GB host (the kernel kills the run, and its pruned model)."""
+    per_request = LOGIT_COPIES * tokens * vocab * 4
+    return max(1, min(asked, int(0.6 * free_bytes) // per_request))
+
+
+def _free_bytes(device) -> int:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     """{"tasks": {task: {metric: value, metric_stderr: value}}, "mean": ..., "metric": ...}; the mean
     is over each task's `cfg.metric` where the task reports it, else its acc. The model is
@@ -149,9 +189,14 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     names = {t: PREFIX + t if local else t for t in tasks}
     manager = (TaskManager(include_path=str(local_tasks(tasks)), include_defaults=False, verbosity="ERROR")
                if local else TaskManager(verbosity="ERROR"))
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(cfg.batch_size), device=str(device),
-              add_bos_token=add_bos)
     limit = None if cfg.limit is None else int(cfg.limit)
+    tokens = longest_request(tasks, limit, tokenizer) if local else HUB_TOKENS
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = fitting_batch(int(cfg.batch_size), vocab, tokens, _free_bytes(device))
+    if batch < int(cfg.batch_size):
+        log.info("zero-shot: batch %d -> %d so the logits of %d-token requests over a %d vocabulary fit in memory",
+                 int(cfg.batch_size), batch, tokens, vocab)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=str(device), add_bos_token=add_bos)
     out = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=0, limit=limit,
                           bootstrap_iters=int(cfg.bootstrap_iters), log_samples=False, verbosity="ERROR")
     per_task = {}
@@ -164,4 +209,4 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     for t, v in primary.items():
         log.info("zero-shot %s: %.4f (%d documents)", t, v, per_task[t]["documents"])
     return {"tasks": per_task, "primary": primary, "mean": sum(primary.values()) / len(primary),
-            "metric": cfg.metric, "source": cfg.source, "limit": limit}
+            "metric": cfg.metric, "source": cfg.source, "limit": limit, "batch_size": batch}
