@@ -85,8 +85,10 @@ def test_a_killed_sweep_leaves_whole_results_and_resumes(tmp_path, sig):
     sweep = tmp_path / "sweep"
     args = ["-m", "method=magnitude,llm_surgeon", "schedule.shots=8", "schedule.eval_every=1", "method.max_correlate=64",
             "structure=unstructured", *QUICK, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${method.name}"]
+    # a shell's background job (nohup ... &, as CI scripts may run) ignores SIGINT, and a child would inherit
+    # that: the job starts with the default disposition, as a terminal's Ctrl-C meets it
     proc = subprocess.Popen([sys.executable, "-m", "surgeon.run", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first, second = sweep / "magnitude" / "results.json", sweep / "llm_surgeon" / "run.log"
     deadline = time.time() + 240
     while not second.exists() and time.time() < deadline:  # the second job has begun: its log is open
