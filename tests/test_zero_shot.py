@@ -125,5 +125,6 @@ def test_the_longest_request_is_counted_over_the_first_limit_documents():
     words = lambda text: {"input_ids": text.split()}  # a tokenizer of words
     docs = _docs("boolq")
     by_hand = max(len(d["query"].split()) + len(max(d["choices"], key=len).split()) for d in docs[:50]) + 1
-    assert zero_shot.longest_request(["boolq"], 50, words) == by_hand
-    assert zero_shot.longest_request(["boolq"], None, words) >= by_hand
+    root = zero_shot.local_tasks(["boolq"])
+    assert zero_shot.longest_request(root, ["boolq"], 50, words) == by_hand
+    assert zero_shot.longest_request(root, ["boolq"], None, words) >= by_hand

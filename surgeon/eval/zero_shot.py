@@ -143,10 +143,10 @@ LOGIT_COPIES = 3
 HUB_TOKENS = 2048  # the longest request assumed for hub tasks, whose documents are not read here
 
 
-def longest_request(tasks, limit, tokenizer) -> int:
-    """Tokens in the longest request of the local tasks' first `limit` documents: a context with
-    its longest choice (or continuation), counted on the 8 longest such texts by characters."""
-    root, texts = local_tasks(tasks), []
+def longest_request(root: Path, tasks, limit, tokenizer) -> int:
+    """Tokens in the longest request of the first `limit` documents of the local tasks in `root`: a
+    context with its longest choice (or continuation), counted on the 8 longest such texts by characters."""
+    texts = []
     for task in tasks:
         with open(root / f"{PREFIX}{task}.jsonl", encoding="utf-8") as f:
             for i, line in enumerate(f):
@@ -187,10 +187,11 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
 
     tasks, local = list(cfg.tasks), cfg.source == "local"
     names = {t: PREFIX + t if local else t for t in tasks}
-    manager = (TaskManager(include_path=str(local_tasks(tasks)), include_defaults=False, verbosity="ERROR")
+    root = local_tasks(tasks) if local else None
+    manager = (TaskManager(include_path=str(root), include_defaults=False, verbosity="ERROR")
                if local else TaskManager(verbosity="ERROR"))
     limit = None if cfg.limit is None else int(cfg.limit)
-    tokens = longest_request(tasks, limit, tokenizer) if local else HUB_TOKENS
+    tokens = longest_request(root, tasks, limit, tokenizer) if local else HUB_TOKENS
     vocab = model.get_output_embeddings().weight.shape[0]
     batch = fitting_batch(int(cfg.batch_size), vocab, tokens, _free_bytes(device))
     if batch < int(cfg.batch_size):
