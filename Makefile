@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-models run test test-slow bench bench-latency bench-surgeon bench-scale gpu-check sweep tables plots clean
+.PHONY: help setup setup-models run test test-slow bench bench-latency bench-surgeon bench-scale gpu-check sweep tables plots layer-error clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ sweep: setup  ## the standard-protocol sweep: 3 methods x {50%, 2:4} on SmolLM2-
 
 tables: setup  ## tables from a sweep: make tables DIRS="outputs/multirun/..."
 	$(PY) -m surgeon.tables $(or $(DIRS),outputs/multirun/smollm2_protocol)
+
+layer-error: setup  ## per-layer local error and drift of saved runs vs dense: make layer-error DIRS="run dirs" OUT=folder
+	$(PY) -m surgeon.layer_error $(DIRS) --out $(or $(OUT),outputs/layer_error)
 
 plots: setup  ## allocation and per-shot figures: make plots DIRS="outputs/..."
 	$(PY) -m surgeon.plots $(DIRS)
