@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SWEEP  ?= outputs/multirun/make_run
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-models run test test-slow bench bench-latency bench-surgeon bench-scale gpu-check sweep tables plots layer-error clean
+.PHONY: help setup setup-models run test test-slow bench bench-latency bench-surgeon bench-zero-shot bench-scale gpu-check sweep tables plots layer-error clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ gpu-check: setup  ## builds gpu_bundle/ for the lent GPU machine and dry-runs th
 
 bench-latency: setup  ## generation latency of compacted runs side by side: make bench-latency DIRS="outputs/multirun/..."
 	$(PY) -m surgeon.bench_latency $(DIRS)
+
+bench-zero-shot: setup  ## zero-shot with the head only at scored positions vs the full call, side by side: make bench-zero-shot ZS_ARGS="--model gemma3_270m"
+	$(PY) -m surgeon.bench_zero_shot $(ZS_ARGS)
 
 bench-surgeon: setup  ## cost of one LLM Surgeon shot vs calibration tokens and width -> outputs/bench/
 	$(PY) -m surgeon.bench_surgeon

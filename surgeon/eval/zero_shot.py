@@ -232,11 +232,13 @@ def tail_lm():
     return TailLM
 
 
-def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
+def evaluate(model, tokenizer, cfg, device, add_bos: bool, scored_head: bool = True) -> dict:
     """{"tasks": {task: {metric: value, metric_stderr: value}}, "mean": ..., "metric": ...}; the mean
     is over each task's `cfg.metric` where the task reports it, else its acc. The model is
-    where the caller put it (on `device`)."""
+    where the caller put it (on `device`). `scored_head=False`: the harness's own full-logits call
+    (the reference `make bench-zero-shot` times against)."""
     from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks, local = list(cfg.tasks), cfg.source == "local"
@@ -251,7 +253,8 @@ def evaluate(model, tokenizer, cfg, device, add_bos: bool) -> dict:
     if batch < int(cfg.batch_size):
         log.info("zero-shot: batch %d -> %d so the logits of %d-token requests over a %d vocabulary fit in memory",
                  int(cfg.batch_size), batch, tokens, vocab)
-    lm = tail_lm()(pretrained=model, tokenizer=tokenizer, batch_size=batch, device=str(device), add_bos_token=add_bos)
+    lm = (tail_lm() if scored_head else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch,
+                                              device=str(device), add_bos_token=add_bos)
     out = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=manager, num_fewshot=0, limit=limit,
                           bootstrap_iters=int(cfg.bootstrap_iters), log_samples=False, verbosity="ERROR")
     per_task = {}
