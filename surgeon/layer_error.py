@@ -11,8 +11,9 @@ the first `--tokens` tokens of the run's own eval windows:
   errors compound through depth here, as they do when the pruned model is used.
 
 A method that fits the calibration text at another text's expense shows it as a gap between corpora in
-r (the weights) or d (what reaches the head). Both models are held in memory whole (a diagnostic for
-models that fit; the pruning runs themselves do not need that). Writes layer_error.json, layer_error.md
+r (the weights) or d (what reaches the head). The dense model and every pruned one are held in memory
+whole, and one dense forward per batch serves them all (a diagnostic for models that fit; the pruning
+runs themselves do not need that). Writes layer_error.json, layer_error.md
 and layer_error.png into --out.
 """
 import argparse
@@ -42,40 +43,56 @@ def _label(r: dict) -> str:
 @torch.no_grad()
 def errors(dense, pruned, windows: torch.Tensor, batch: int = 4) -> dict:
     """{"local": [r_l], "drift": [d_l], "local_by_linear": {name: [r_l]}} of `pruned` against `dense`."""
-    dense_ad, pruned_ad = adapter_for(dense), adapter_for(pruned)
-    layers = dense_ad.layers()
-    num, den = {}, {}  # (layer, linear name) -> summed squares
-    hooks = []
-    for i, (ld, lp) in enumerate(zip(layers, pruned_ad.layers())):
-        lins_p = pruned_ad.prunable_linears(lp)
-        for name, lin in dense_ad.prunable_linears(ld).items():
-            other = lins_p.get(name)
-            if other is None or other.weight.shape != lin.weight.shape:
-                continue  # compacted shapes: no like-for-like product
+    return errors_of_many(dense, [pruned], windows, batch)[0]
 
-            def hook(mod, inp, out, key=(i, name), other=other):
-                diff = F.linear(inp[0], other.weight, other.bias) - out
-                num[key] = num.get(key, 0.0) + diff.double().pow(2).sum().item()
-                den[key] = den.get(key, 0.0) + out.double().pow(2).sum().item()
+
+@torch.no_grad()
+def errors_of_many(dense, pruned_models: list, windows: torch.Tensor, batch: int = 4) -> list[dict]:
+    """`errors` of each pruned model, with one dense forward per batch for all of them."""
+    dense_ad = adapter_for(dense)
+    layers = dense_ad.layers()
+    num = [{} for _ in pruned_models]  # per model: (layer, linear name) -> summed squares
+    den = [{} for _ in pruned_models]
+    hooks = []
+    for i, ld in enumerate(layers):
+        for name, lin in dense_ad.prunable_linears(ld).items():
+            others = []
+            for k, pruned in enumerate(pruned_models):
+                pad = adapter_for(pruned)
+                other = pad.prunable_linears(pad.layers()[i]).get(name)
+                if other is not None and other.weight.shape == lin.weight.shape:  # compacted: no like-for-like
+                    others.append((k, other))
+
+            def hook(mod, inp, out, key=(i, name), others=others):
+                for k, other in others:
+                    diff = F.linear(inp[0], other.weight, other.bias) - out
+                    num[k][key] = num[k].get(key, 0.0) + diff.double().pow(2).sum().item()
+                    den[k][key] = den[k].get(key, 0.0) + out.double().pow(2).sum().item()
             hooks.append(lin.register_forward_hook(hook))
-    drift_num = [0.0] * len(layers)
+    drift_num = [[0.0] * len(layers) for _ in pruned_models]
     drift_den = [0.0] * len(layers)
     try:
         for w in windows.split(batch):
             hd = dense(w, use_cache=False, output_hidden_states=True).hidden_states[1:]
-            hp = pruned(w, use_cache=False, output_hidden_states=True).hidden_states[1:]
-            for i, (a, b) in enumerate(zip(hd, hp)):
-                drift_num[i] += (b - a).double().pow(2).sum().item()
+            for i, a in enumerate(hd):
                 drift_den[i] += a.double().pow(2).sum().item()
+            for k, pruned in enumerate(pruned_models):
+                hp = pruned(w, use_cache=False, output_hidden_states=True).hidden_states[1:]
+                for i, (a, b) in enumerate(zip(hd, hp)):
+                    drift_num[k][i] += (b - a).double().pow(2).sum().item()
     finally:
         for h in hooks:
             h.remove()
-    names = sorted({n for _, n in num})
-    local = [sum(num.get((i, n), 0.0) for n in names) / max(sum(den.get((i, n), 0.0) for n in names), 1e-30)
-             if any((i, n) in num for n in names) else None for i in range(len(layers))]
-    return {"local": local, "drift": [a / max(b, 1e-30) for a, b in zip(drift_num, drift_den)],
-            "local_by_linear": {n: [num[(i, n)] / max(den[(i, n)], 1e-30) if (i, n) in num else None
-                                    for i in range(len(layers))] for n in names}}
+    out = []
+    for k in range(len(pruned_models)):
+        n_, d_ = num[k], den[k]
+        names = sorted({n for _, n in n_})
+        local = [sum(n_.get((i, n), 0.0) for n in names) / max(sum(d_.get((i, n), 0.0) for n in names), 1e-30)
+                 if any((i, n) in n_ for n in names) else None for i in range(len(layers))]
+        out.append({"local": local, "drift": [a / max(b, 1e-30) for a, b in zip(drift_num[k], drift_den)],
+                    "local_by_linear": {n: [n_[(i, n)] / max(d_[(i, n)], 1e-30) if (i, n) in n_ else None
+                                            for i in range(len(layers))] for n in names}})
+    return out
 
 
 def check(runs: list[Path]) -> list[dict]:
@@ -100,15 +117,16 @@ def measure(runs: list[Path], tokens: int) -> dict:
     dense.eval()
     bos = tokenizer.bos_token_id if cfgs[0].model.add_bos else None
     out = {"model": cfgs[0].model.name, "tokens": tokens, "runs": []}
-    for run, cfg, found_r in zip(runs, cfgs, found):
-        pruned = compact.load(run / "model").eval()
-        entry = {"run": str(run), "label": _label(found_r), "corpora": {}}
-        for corpus in cfg.eval.corpora:
-            windows = eval_windows(corpus, tokenizer, int(cfg.eval.seq_len), tokens, bos)
-            entry["corpora"][corpus] = errors(dense, pruned, windows)
-            print(f"{entry['label']} | {corpus}: final drift {entry['corpora'][corpus]['drift'][-1]:.4f}", flush=True)
-        out["runs"].append(entry)
-        del pruned
+    pruned = [compact.load(r / "model").eval() for r in runs]
+    entries = [{"run": str(r), "label": _label(f), "corpora": {}} for r, f in zip(runs, found)]
+    settings = list(dict.fromkeys((c, int(cfg.eval.seq_len)) for cfg in cfgs for c in cfg.eval.corpora))
+    for corpus, seq_len in settings:
+        which = [k for k, cfg in enumerate(cfgs) if corpus in cfg.eval.corpora and int(cfg.eval.seq_len) == seq_len]
+        windows = eval_windows(corpus, tokenizer, seq_len, tokens, bos)
+        for k, e in zip(which, errors_of_many(dense, [pruned[k] for k in which], windows)):
+            entries[k]["corpora"][corpus] = e
+            print(f"{entries[k]['label']} | {corpus}: final drift {e['drift'][-1]:.4f}", flush=True)
+    out["runs"] = entries
     return out
 
 

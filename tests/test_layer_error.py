@@ -63,3 +63,12 @@ def test_a_run_saved_without_its_model_fails_in_one_line_before_loading(tmp_path
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "save=true" in err
+
+
+def test_one_dense_forward_for_many_runs_gives_each_runs_own_errors():
+    dense = tiny_model("tiny_llama").eval()
+    windows = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(2))
+    a, b = _scaled(dense, 0, 0.8), _scaled(dense, 1, 0.7)
+    both = layer_error.errors_of_many(dense, [a, b], windows, batch=2)
+    for many, one in zip(both, (layer_error.errors(dense, a, windows), layer_error.errors(dense, b, windows))):
+        assert many["local"] == pytest.approx(one["local"]) and many["drift"] == pytest.approx(one["drift"])
