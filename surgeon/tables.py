@@ -79,7 +79,8 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 def label(r: dict) -> str:
     """The row name: the method, plus what departs from its preset (ratio curve, prompt, N:M fill
-    and selection, K-FAC's output damping and Fisher), so variants of one method get rows of their own."""
+    and selection, K-FAC's output damping and Fisher; the calibration budget where a table mixes
+    budgets: `mark_budgets`), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
@@ -99,7 +100,17 @@ def label(r: dict) -> str:
         tags.append(cfg["layer_sparsity"]["name"].upper())
     if r.get("recovery"):
         tags.append(f"LoRA recovery {r['recovery']['tokens']:,} tokens")
+    if r.get("_budgets") and r.get("calibration"):
+        tags.append("{num_samples} x {seq_len} calibration".format(**r["calibration"]))
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
+
+
+def mark_budgets(results: list[dict]) -> None:
+    """Runs of one table calibrated on different budgets (a calibration-size sweep) get the budget
+    in their row names, so that no two budgets share a cell."""
+    budgets = {tuple(sorted(r["calibration"].items())) for r in results if r.get("calibration")}
+    for r in results:
+        r["_budgets"] = len(budgets) > 1
 
 
 def rows(r: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
@@ -310,6 +321,7 @@ def to_wandb(args, kind: str, paths) -> None:
 
 def render(results: list[dict]) -> tuple[str, str]:
     """(Markdown, LaTeX) of one group of runs."""
+    mark_budgets(results)
     tables = build(results)
     md = markdown(tables, protocol_note(results))
     tex = latex(tables)

@@ -228,3 +228,21 @@ def test_results_name_the_commit_a_run_started_from(monkeypatch):
     assert results.environment(torch.device("cpu"))["commit"] == "a" * 40
     results.start_accounting(torch.device("cpu"))  # the sweep's next job, same process, same code
     assert results.environment(torch.device("cpu"))["commit"] == "a" * 40
+
+
+def test_tables_give_each_calibration_budget_its_own_row_only_where_budgets_differ():
+    from surgeon import tables
+
+    def res(method, n, ppl):
+        return {"method": method, "structure": "unstructured", "target_sparsity": 0.5,
+                "calibration": {"corpus": "wiki_leads", "num_samples": n, "seq_len": 512},
+                "ppl": {"wiki_heldout": ppl}, "ppl_dense": {"wiki_heldout": 20.0},
+                "eval_protocol": {"seq_len": 512, "tokens": {"wiki_heldout": 65536}}}
+
+    mixed = [res("sparsegpt", 16, 44.0), res("sparsegpt", 128, 40.0), res("llm_surgeon", 128, 35.0)]
+    md, _ = tables.render(mixed)
+    assert "| sparsegpt (16 x 512 calibration) | 44.00 |" in md
+    assert "| sparsegpt (128 x 512 calibration) | 40.00 |" in md
+    assert "| llm_surgeon (128 x 512 calibration) | **35.00** |" in md
+    md, _ = tables.render(mixed[1:])  # one budget: plain method names
+    assert "| sparsegpt | 40.00 |" in md and "| llm_surgeon | **35.00** |" in md
