@@ -30,6 +30,7 @@ from surgeon import compact
 from surgeon import model as models
 from surgeon.data.windows import eval_windows
 from surgeon.errors import SurgeonError
+from surgeon.eval.perplexity import window_nll
 from surgeon.model.adapters import adapter_for
 from surgeon.tracking.results import write_json_atomic
 
@@ -42,7 +43,8 @@ def _label(r: dict) -> str:
 
 @torch.no_grad()
 def errors(dense, pruned, windows: torch.Tensor, batch: int = 4) -> dict:
-    """{"local": [r_l], "drift": [d_l], "local_by_linear": {name: [r_l]}} of `pruned` against `dense`."""
+    """{"local": [r_l], "drift": [d_l], "local_by_linear": {name: [r_l]}, "ppl", "ppl_dense"} of `pruned`
+    against `dense` (the perplexities over `windows`, as surgeon/eval/perplexity.py counts them)."""
     return errors_of_many(dense, [pruned], windows, batch)[0]
 
 
@@ -71,14 +73,18 @@ def errors_of_many(dense, pruned_models: list, windows: torch.Tensor, batch: int
             hooks.append(lin.register_forward_hook(hook))
     drift_num = [[0.0] * len(layers) for _ in pruned_models]
     drift_den = [0.0] * len(layers)
+    nll_dense, nlls = 0.0, [0.0] * len(pruned_models)
     try:
         for w in windows.split(batch):
-            hd = dense(w, use_cache=False, output_hidden_states=True).hidden_states[1:]
+            out = dense(w, use_cache=False, output_hidden_states=True)
+            nll_dense += window_nll(out.logits, w)
+            hd = out.hidden_states[1:]
             for i, a in enumerate(hd):
                 drift_den[i] += a.double().pow(2).sum().item()
             for k, pruned in enumerate(pruned_models):
-                hp = pruned(w, use_cache=False, output_hidden_states=True).hidden_states[1:]
-                for i, (a, b) in enumerate(zip(hd, hp)):
+                out = pruned(w, use_cache=False, output_hidden_states=True)
+                nlls[k] += window_nll(out.logits, w)
+                for i, (a, b) in enumerate(zip(hd, out.hidden_states[1:])):
                     drift_num[k][i] += (b - a).double().pow(2).sum().item()
     finally:
         for h in hooks:
@@ -89,7 +95,9 @@ def errors_of_many(dense, pruned_models: list, windows: torch.Tensor, batch: int
         names = sorted({n for _, n in n_})
         local = [sum(n_.get((i, n), 0.0) for n in names) / max(sum(d_.get((i, n), 0.0) for n in names), 1e-30)
                  if any((i, n) in n_ for n in names) else None for i in range(len(layers))]
-        out.append({"local": local, "drift": [a / max(b, 1e-30) for a, b in zip(drift_num[k], drift_den)],
+        targets = windows[:, 1:].numel()  # the perplexity protocol's: every token after a window's first
+        out.append({"ppl": math.exp(nlls[k] / targets), "ppl_dense": math.exp(nll_dense / targets),
+                    "local": local, "drift": [a / max(b, 1e-30) for a, b in zip(drift_num[k], drift_den)],
                     "local_by_linear": {n: [n_[(i, n)] / max(d_[(i, n)], 1e-30) if (i, n) in n_ else None
                                             for i in range(len(layers))] for n in names}})
     return out
@@ -125,7 +133,8 @@ def measure(runs: list[Path], tokens: int) -> dict:
         windows = eval_windows(corpus, tokenizer, seq_len, tokens, bos)
         for k, e in zip(which, errors_of_many(dense, [pruned[k] for k in which], windows)):
             entries[k]["corpora"][corpus] = e
-            print(f"{entries[k]['label']} | {corpus}: final drift {e['drift'][-1]:.4f}", flush=True)
+            print(f"{entries[k]['label']} | {corpus}: ppl {e['ppl_dense']:.2f} -> {e['ppl']:.2f}, "
+                  f"final drift {e['drift'][-1]:.4f}", flush=True)
     out["runs"] = entries
     return out
 
@@ -147,7 +156,10 @@ def markdown(res: dict) -> str:
     cols = [(r, c) for r in runs for c in r["corpora"]]
     head = "| layers | " + " | ".join(f"{r['label']}, {c}" for r, c in cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
-    lines = [f"Model {res['model']}, first {res['tokens']} tokens of each corpus's eval windows.", ""]
+    lines = [f"Model {res['model']}, first {res['tokens']} tokens of each corpus's eval windows.", "",
+             "| perplexity | " + " | ".join(f"{r['label']}, {c}" for r, c in cols) + " |", sep,
+             "| dense | " + " | ".join(f"{r['corpora'][c]['ppl_dense']:.2f}" for r, c in cols) + " |",
+             "| pruned | " + " | ".join(f"{r['corpora'][c]['ppl']:.2f}" for r, c in cols) + " |", ""]
     for key, title in (("local", "Local error r (mean over the band's layers)"),
                        ("drift", "Drift d at the band's last layer")):
         lines += [f"**{title}**", "", head, sep]

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_model
 from surgeon import layer_error
+from surgeon.eval.perplexity import perplexity
 from surgeon.model.adapters import adapter_for
 
 
@@ -22,7 +23,11 @@ def _scaled(model, layer: int, factor: float):
 def test_local_error_of_a_layer_scaled_by_0_9_is_0_01_and_drift_starts_there():
     dense = tiny_model("tiny_llama").eval()  # no biases: (0.9 W - W) X = -0.1 W X exactly
     windows = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
-    e = layer_error.errors(dense, _scaled(dense, 1, 0.9), windows, batch=2)
+    pruned = _scaled(dense, 1, 0.9)
+    e = layer_error.errors(dense, pruned, windows, batch=2)
+    cpu = torch.device("cpu")
+    assert e["ppl"] == pytest.approx(perplexity(pruned, windows, cpu), rel=1e-5)  # the eval protocol's figure
+    assert e["ppl_dense"] == pytest.approx(perplexity(dense, windows, cpu), rel=1e-5)
     assert e["local"][0] == 0 and e["drift"][0] == 0
     assert e["local"][1] == pytest.approx(0.01, rel=1e-4)
     assert all(v[1] == pytest.approx(0.01, rel=1e-4) for v in e["local_by_linear"].values())

@@ -32,7 +32,7 @@ def _inputs(batch: torch.Tensor, prefix: torch.Tensor | None, bos: bool) -> torc
     return torch.cat([prefix.to(batch.device).expand(len(batch), -1), batch[:, int(bos):]], 1)
 
 
-def _nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
+def window_nll(logits: torch.Tensor, batch: torch.Tensor) -> float:
     """Summed NLL of each window's tokens after its first, from the logits of the input's end."""
     logits = logits[:, -batch.shape[1]:-1].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").item()
@@ -45,7 +45,7 @@ def perplexity(model, windows: torch.Tensor, device, batch_size: int = 1, prefix
     nll = 0.0
     for batch in windows.split(batch_size):
         batch = batch.to(device)
-        nll += _nll(model(_inputs(batch, prefix, bos), use_cache=False).logits, batch)
+        nll += window_nll(model(_inputs(batch, prefix, bos), use_cache=False).logits, batch)
     return math.exp(nll / windows[:, 1:].numel())
 
 
@@ -66,7 +66,7 @@ def perplexity_layerwise(adapter, windows: torch.Tensor, device, prefix: torch.T
     with on_device([*engine.trunk(adapter), adapter.model.get_output_embeddings()], device):
         for x, ids, w in zip(hidden, inputs, windows):
             logits = engine.head_logits(adapter, ids.unsqueeze(0).to(device), x.to(device))
-            nll += _nll(logits, w.unsqueeze(0).to(device))
+            nll += window_nll(logits, w.unsqueeze(0).to(device))
     return math.exp(nll / windows[:, 1:].numel())
 
 
