@@ -13,8 +13,7 @@ the first `--tokens` tokens of the run's own eval windows:
 A method that fits the calibration text at another text's expense shows it as a gap between corpora in
 r (the weights) or d (what reaches the head). The dense model and every pruned one are held in memory
 whole, and one dense forward per batch serves them all (a diagnostic for models that fit; the pruning
-runs themselves do not need that). Writes layer_error.json, layer_error.md
-and layer_error.png into --out.
+runs themselves do not need that). Writes layer_error.json, layer_error.md and layer_error.png into --out.
 """
 import argparse
 import json
@@ -201,14 +200,14 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=int, default=16384, help="eval tokens per corpus (from the start)")
     ap.add_argument("--out", required=True, help="folder for layer_error.json / .md / .png")
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [Path(r) for r in args.runs]
     try:
         check(runs)
     except SurgeonError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     res = measure(runs, args.tokens)
     write_json_atomic(out / "layer_error.json", res)
     (out / "layer_error.md").write_text(markdown(res), encoding="utf-8")
