@@ -52,15 +52,16 @@ def errors_of_many(dense, pruned_models: list, windows: torch.Tensor, batch: int
     """`errors` of each pruned model, with one dense forward per batch for all of them."""
     dense_ad = adapter_for(dense)
     layers = dense_ad.layers()
+    pruned_ads = [adapter_for(p) for p in pruned_models]
     num = [{} for _ in pruned_models]  # per model: (layer, linear name) -> summed squares
     den = [{} for _ in pruned_models]
     hooks = []
     for i, ld in enumerate(layers):
+        pruned_lins = [ad.prunable_linears(ad.layers()[i]) for ad in pruned_ads]
         for name, lin in dense_ad.prunable_linears(ld).items():
             others = []
-            for k, pruned in enumerate(pruned_models):
-                pad = adapter_for(pruned)
-                other = pad.prunable_linears(pad.layers()[i]).get(name)
+            for k, lins in enumerate(pruned_lins):
+                other = lins.get(name)
                 if other is not None and other.weight.shape == lin.weight.shape:  # compacted: no like-for-like
                     others.append((k, other))
 
@@ -117,8 +118,8 @@ def check(runs: list[Path]) -> list[dict]:
     return found
 
 
-def measure(runs: list[Path], tokens: int) -> dict:
-    found = check(runs)
+def measure(runs: list[Path], found: list[dict], tokens: int) -> dict:
+    """The errors of `runs`, whose results (`found`) passed `check`."""
     cfgs = [OmegaConf.create(f["config"]) for f in found]
     dense, tokenizer = models.load(cfgs[0].model)
     dense.eval()
@@ -202,13 +203,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     runs = [Path(r) for r in args.runs]
     try:
-        check(runs)
+        found = check(runs)
     except SurgeonError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = measure(runs, args.tokens)
+    res = measure(runs, found, args.tokens)
     write_json_atomic(out / "layer_error.json", res)
     (out / "layer_error.md").write_text(markdown(res), encoding="utf-8")
     plot(res, out / "layer_error.png")

@@ -215,8 +215,8 @@ def tail_lm():
                 while end and row[end - 1] == 0:
                     end -= 1
                 # the request's own tokens may end in zeros too: every length that fits is a candidate
-                found = [width - n + self._tails[tuple(row[:n])] for n in range(end, width + 1)
-                         if tuple(row[:n]) in self._tails]
+                found = [width - n + tail for n in range(end, width + 1)
+                         if (tail := self._tails.get(tuple(row[:n]))) is not None]
                 if not found:
                     return 0
                 need = max(need, max(found))
