@@ -76,7 +76,7 @@ def build(cfg: DictConfig) -> Plan:
                                "(use layer_sparsity=uniform)")
     recovery.check(cfg.recovery)
     check_model(cfg.model)
-    _check_data(cfg)
+    check_data(cfg)
     if cfg.semi_structured not in ("auto", True, False):
         raise SurgeonError(f"semi_structured must be auto, true or false, got {cfg.semi_structured}")
     if cfg.semi_structured is True and not structure.semi_structured:
@@ -123,7 +123,7 @@ def _check_run(cfg) -> None:
         raise SurgeonError(f"logger.mode '{cfg.logger.mode}' is not one of {', '.join(LOGGER_MODES)}")
 
 
-def _check_data(cfg) -> None:
+def check_data(cfg) -> None:
     cal, ev = cfg.calibration, cfg.eval
     require_counts(cal, "calibration", positive=("num_samples", "seq_len"))
     if not ev.corpora:

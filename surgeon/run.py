@@ -63,8 +63,7 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
     t = time.time()
     evaluator = Evaluator(cfg.eval, tokenizer, bos, device)
     estimate.warn(adapter, cfg, plan, device, sum(evaluator.protocol["tokens"].values()))
-    weights = {"model": cfg.model.name, "dtype": cfg.model.dtype, "bos": bos, "weights": models.weights_id(cfg.model)}
-    ppl_dense, zs_dense = evaluator.dense(model, weights)
+    ppl_dense, zs_dense = evaluator.dense(lambda: model, models.dense_key(cfg.model, bos))
     times["eval_dense"] = time.time() - t
     params_dense = adapter.prunable_parameters()
 

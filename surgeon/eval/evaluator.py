@@ -49,16 +49,17 @@ class Evaluator:
         with on_device(model, self.device):
             return zero_shot.evaluate(model, self.tokenizer, self.cfg.zero_shot, self.device, self.bos is not None)
 
-    def dense(self, model, model_key: dict) -> tuple[dict, dict | None]:
+    def dense(self, load_model, model_key: dict) -> tuple[dict, dict | None]:
         """(perplexity, zero-shot accuracy or None) of the dense model, from the cache when
-        `eval.cache_dense` (they are properties of the model and the protocol, not of the run)."""
+        `eval.cache_dense` (they are properties of the model and the protocol, not of the run).
+        `load_model()` gives the dense model; it is called only when something must be measured."""
         cached = bool(self.cfg.cache_dense)
         key = {**model_key, **{k: v for k, v in self.protocol.items() if k != "windows"}}
-        dense = ppl.dense_cached(key, lambda: self.perplexity(model, "dense")) if cached \
-            else self.perplexity(model, "dense")
+        dense = ppl.dense_cached(key, lambda: self.perplexity(load_model(), "dense")) if cached \
+            else self.perplexity(load_model(), "dense")
         zs = None
         if self.zero_shot_on:
             zs_key = {**model_key, **OmegaConf.to_container(self.cfg.zero_shot, resolve=True)}
-            zs = ppl.dense_cached(zs_key, lambda: self.zero_shot(model), "dense_zero_shot") if cached \
-                else self.zero_shot(model)
+            zs = ppl.dense_cached(zs_key, lambda: self.zero_shot(load_model()), "dense_zero_shot") if cached \
+                else self.zero_shot(load_model())
         return dense, zs

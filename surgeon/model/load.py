@@ -163,6 +163,11 @@ def weights_id(cfg: DictConfig) -> str:
                          "type": cfg.model_type})
 
 
+def dense_key(cfg: DictConfig, bos: int | None) -> dict:
+    """The key of the dense model's cached figures: its weights and how they are fed."""
+    return {"model": cfg.name, "dtype": cfg.dtype, "bos": bos, "weights": weights_id(cfg)}
+
+
 def _gguf_file(cfg: DictConfig) -> Path:
     if cfg.get("assemble"):  # chunked across several packages, joined by the package itself
         import importlib

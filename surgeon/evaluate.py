@@ -1,0 +1,181 @@
+"""`python -m surgeon.evaluate RUN [RUN ...] [eval.KEY=VALUE ...]`: evaluate saved runs again under
+another evaluation setting (zero-shot added after the fact, another corpus, more tokens), without
+pruning again.
+
+A run saved with `save=true` holds its pruned (or compacted) model in RUN/model; a multirun folder
+stands for its jobs. The overrides change the run's recorded `eval` config (`device=` and `threads=`
+say where to compute), and only what they change is measured:
+  perplexity   when the corpora, seq_len or max_tokens differ from the run's: the pruned model and the
+               dense one (from the dense cache when it holds them), on the new windows;
+  zero-shot    when the tasks, source, limit or metric differ and tasks are given.
+Each run's results.json is rewritten atomically with the new figures and config, and it gains a
+`reevaluations` entry: the overrides, what was measured, the figures it replaced, times, peak memory
+and the environment (commit, machine) of this pass, so that every figure still names the code that made
+it. A job that fails leaves the others' files as they were; calling again skips a run whose figures
+already follow the settings. The run's W&B record is not updated.
+"""
+import logging
+import sys
+import time
+from functools import cache
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from surgeon.errors import SurgeonError
+
+log = logging.getLogger("surgeon")
+
+PPL_KEYS = ("corpora", "seq_len", "max_tokens")  # what perplexity figures depend on
+ZERO_SHOT_KEYS = ("tasks", "source", "limit", "metric")  # ... and zero-shot accuracies
+
+
+def run_folders(paths: list[Path]) -> list[Path]:
+    """Run folders: each path itself (a results.json in it) or, for a multirun folder, its jobs."""
+    out = []
+    for p in paths:
+        jobs = [p] if (p / "results.json").is_file() else sorted(q.parent for q in p.glob("*/results.json"))
+        if not jobs:
+            raise SurgeonError(f"{p} holds no results.json, nor do its subfolders: give run or multirun folders")
+        out += jobs
+    return out
+
+
+def parse_overrides(args: list[str]):
+    """The `key=value` arguments as a config; only eval.*, device and threads may change."""
+    for a in args:
+        key = a.partition("=")[0]
+        if not (key.startswith("eval.") or key in ("device", "threads")):
+            raise SurgeonError(f"'{key}' is part of how the run pruned: surgeon.evaluate changes only eval.*, "
+                               "device and threads")
+    try:
+        return OmegaConf.from_dotlist(args)
+    except OmegaConfBaseException as e:
+        raise SurgeonError(f"cannot read the overrides {args}: {e}") from None
+
+
+def merged(run_cfg, overrides):
+    """The run's config with the overrides; a key the eval config does not have is an error."""
+    cfg = OmegaConf.create(run_cfg)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        return OmegaConf.merge(cfg, overrides)
+    except OmegaConfBaseException as e:
+        raise SurgeonError(f"override not in the run's config: {str(e).splitlines()[0]}") from None
+
+
+def to_measure(res: dict, cfg) -> list[str]:
+    """What differs between the run's figures and the new eval config: "ppl", "zero_shot"."""
+    old = res["config"]["eval"]
+    new = OmegaConf.to_container(cfg.eval, resolve=True)
+    what = []
+    if any(old.get(k) != new[k] for k in PPL_KEYS):
+        what.append("ppl")
+    old_zs = old.get("zero_shot", {}) if res.get("zero_shot") else {}
+    if new["zero_shot"]["tasks"] and any(old_zs.get(k) != new["zero_shot"][k] for k in ZERO_SHOT_KEYS):
+        what.append("zero_shot")
+    return what
+
+
+def check(paths: list[Path], args: list[str]) -> list[tuple[Path, dict, object, list[str]]]:
+    """(run folder, results, new config, what to measure) per run; one SurgeonError before any model loads."""
+    import json
+
+    from surgeon.plan import check_data
+
+    overrides = parse_overrides(args)
+    found = []
+    for run in run_folders(paths):
+        if not (run / "model").is_dir():
+            raise SurgeonError(f"{run} has no saved model: run it again with save=true")
+        res = json.loads((run / "results.json").read_text())
+        cfg = merged(res["config"], overrides)
+        check_data(cfg)
+        found.append((run, res, cfg, to_measure(res, cfg)))
+    return found
+
+
+def evaluate(run: Path, res: dict, cfg, what: list[str], overrides: list[str]) -> dict:
+    """Measures `what` for one saved run and rewrites its results.json; returns the new results."""
+    import os
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from surgeon import compact, engine
+    from surgeon import model as models
+    from surgeon.eval import Evaluator
+    from surgeon.model.load import dtype_of
+    from surgeon.tracking import results
+
+    t_start, times = time.time(), {}
+    torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else os.cpu_count() or 1)
+    device = engine.resolve_device(cfg.device)
+    results.start_accounting(device)
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")  # the run saved its tokenizer beside the weights
+    bos = tokenizer.bos_token_id if cfg.model.add_bos else None
+    model = compact.load(run / "model", dtype=dtype_of(cfg.model.dtype))
+    dense_model = cache(lambda: models.load(cfg.model)[0])  # loaded only if the dense cache misses
+    evaluator = Evaluator(cfg.eval, tokenizer, bos, device)
+    t = time.time()
+    ppl_dense, zs_dense = evaluator.dense(dense_model, models.dense_key(cfg.model, bos))
+    times["eval_dense"] = time.time() - t
+    new, replaced = {}, {}
+    if "ppl" in what:
+        t = time.time()
+        new |= {"ppl": evaluator.perplexity(model, "pruned"), "ppl_dense": ppl_dense,
+                "eval_protocol": evaluator.protocol}
+        times["eval"] = time.time() - t
+    if "zero_shot" in what:
+        t = time.time()
+        new |= {"zero_shot": evaluator.zero_shot(model), "zero_shot_dense": zs_dense}
+        times["eval_zero_shot"] = time.time() - t
+    times["total"] = time.time() - t_start
+    for key in new:
+        replaced[key] = res.get(key)
+    eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
+    kept = res["config"]["eval"]
+    res["config"]["eval"] = {**kept,  # the keys of what was not measured keep describing the old figures
+                             **{k: v for k, v in eval_cfg.items() if k != "zero_shot" and "ppl" in what},
+                             **({"zero_shot": eval_cfg["zero_shot"]} if "zero_shot" in what else {})}
+    res.update(new)
+    res.setdefault("reevaluations", []).append({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides, "measured": what,
+        "replaced": replaced, "time_s": times, "peak_rss_mb": results.peak_rss_mb(),
+        "environment": results.environment(device)})
+    unsaved = results.save(res, run)
+    if unsaved:
+        raise unsaved
+    return res
+
+
+def main(argv=None) -> None:
+    from surgeon.run import summary_line
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if argv else 2)
+    overrides = [a for a in argv if "=" in a]
+    try:
+        found = check([Path(a) for a in argv if "=" not in a], overrides)
+    except SurgeonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for run, res, cfg, what in found:
+        if not what:
+            print(f"{run}: its figures already follow these settings", flush=True)
+            continue
+        log.info("%s: measuring %s", run, " and ".join(what))
+        try:
+            res = evaluate(run, res, cfg, what, overrides)
+        except SurgeonError as e:
+            print(f"error: {run}: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(summary_line(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
