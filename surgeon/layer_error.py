@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from surgeon import compact
+from surgeon import compact, tables
 from surgeon import model as models
 from surgeon.data.windows import eval_windows
 from surgeon.errors import SurgeonError
@@ -35,9 +35,10 @@ from surgeon.tracking.results import write_json_atomic
 
 
 def _label(r: dict) -> str:
-    cal = r["calibration"]
-    return (f"{r['method']} {r['structure']} {r['target_sparsity']:.0%} "
-            f"cal {cal['num_samples']}x{cal['seq_len']}")
+    """The tables' row name and setting, and the calibration budget (runs of several budgets compare here)."""
+    cal = r.get("calibration") or {}
+    budget = f", cal {cal['num_samples']}x{cal['seq_len']}" if cal else ""
+    return f"{tables.label(r)}, {tables.setting(r)}{budget}"
 
 
 @torch.no_grad()

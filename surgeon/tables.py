@@ -88,8 +88,9 @@ def label(r: dict) -> str:
         tags.append(f"{sched['curve']} ratios")
     if r.get("training") is not None and not r["training"].get("prompt_in_training", True):
         tags.append("no prompt")
-    if structure.get("fill") == "elements" and sched.get("name") == "linear":
-        tags.append("element fill")
+    fill = structure.get("fill", "groups")
+    if fill != "groups" and sched.get("name") == "linear":  # how the shots approached N:M
+        tags.append({"elements": "element fill", "pattern": "pattern fill"}.get(fill, f"{fill} fill"))
     if structure.get("select") == "sequential":  # only runs with method.update=correlated pass the checks
         tags.append("sequential N:M")
     if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:

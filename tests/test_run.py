@@ -157,6 +157,7 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
 
     assert tables.label(res()) == "llm_surgeon"
     assert tables.label(res(structure={"fill": "elements"})) == "llm_surgeon (element fill)"
+    assert tables.label(res(structure={"fill": "pattern"})) == "llm_surgeon (pattern fill)"
     both = res(structure={"select": "sequential"}, curvature={"damp_g": 1.0})
     assert tables.label(both) == "llm_surgeon (sequential N:M, damp_g 1.0)"
     sampled = res(curvature={"damp_g": 1.0, "fisher": True})  # as `curvature.fisher=true` composes
