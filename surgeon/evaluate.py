@@ -80,16 +80,13 @@ def to_measure(res: dict, cfg) -> list[str]:
 
 def check(paths: list[Path], args: list[str]) -> list[tuple[Path, dict, object, list[str]]]:
     """(run folder, results, new config, what to measure) per run; one SurgeonError before any model loads."""
-    import json
-
     from surgeon.plan import check_data
+    from surgeon.tracking.results import saved_run
 
     overrides = parse_overrides(args)
     found = []
     for run in run_folders(paths):
-        if not (run / "model").is_dir():
-            raise SurgeonError(f"{run} has no saved model: run it again with save=true")
-        res = json.loads((run / "results.json").read_text())
+        res = saved_run(run)
         cfg = merged(res["config"], overrides)
         check_data(cfg)
         found.append((run, res, cfg, to_measure(res, cfg)))
@@ -98,8 +95,6 @@ def check(paths: list[Path], args: list[str]) -> list[tuple[Path, dict, object, 
 
 def evaluate(run: Path, res: dict, cfg, what: list[str], overrides: list[str]) -> dict:
     """Measures `what` for one saved run and rewrites its results.json; returns the new results."""
-    import os
-
     import torch
     from transformers import AutoTokenizer
 
@@ -107,10 +102,11 @@ def evaluate(run: Path, res: dict, cfg, what: list[str], overrides: list[str]) -
     from surgeon import model as models
     from surgeon.eval import Evaluator
     from surgeon.model.load import dtype_of
+    from surgeon.run import job_threads
     from surgeon.tracking import results
 
     t_start, times = time.time(), {}
-    torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else os.cpu_count() or 1)
+    torch.set_num_threads(job_threads(cfg))
     device = engine.resolve_device(cfg.device)
     results.start_accounting(device)
     tokenizer = AutoTokenizer.from_pretrained(run / "model")  # the run saved its tokenizer beside the weights
@@ -118,27 +114,31 @@ def evaluate(run: Path, res: dict, cfg, what: list[str], overrides: list[str]) -
     model = compact.load(run / "model", dtype=dtype_of(cfg.model.dtype))
     dense_model = cache(lambda: models.load(cfg.model)[0])  # loaded only if the dense cache misses
     evaluator = Evaluator(cfg.eval, tokenizer, bos, device)
-    t = time.time()
-    ppl_dense, zs_dense = evaluator.dense(dense_model, models.dense_key(cfg.model, bos))
-    times["eval_dense"] = time.time() - t
-    new, replaced = {}, {}
+    key = models.dense_key(cfg.model, bos)
+
+    def timed(name, compute):
+        t = time.time()
+        out = compute()
+        times[name] = times.get(name, 0.0) + time.time() - t
+        return out
+
+    new = {}
     if "ppl" in what:
-        t = time.time()
-        new |= {"ppl": evaluator.perplexity(model, "pruned"), "ppl_dense": ppl_dense,
-                "eval_protocol": evaluator.protocol}
-        times["eval"] = time.time() - t
+        new["ppl_dense"] = timed("eval_dense", lambda: evaluator.dense_perplexity(dense_model, key))
+        new["ppl"] = timed("eval", lambda: evaluator.perplexity(model, "pruned"))
+        new["eval_protocol"] = evaluator.protocol
     if "zero_shot" in what:
-        t = time.time()
-        new |= {"zero_shot": evaluator.zero_shot(model), "zero_shot_dense": zs_dense}
-        times["eval_zero_shot"] = time.time() - t
+        new["zero_shot_dense"] = timed("eval_dense", lambda: evaluator.dense_zero_shot(dense_model, key))
+        new["zero_shot"] = timed("eval_zero_shot", lambda: evaluator.zero_shot(model))
     times["total"] = time.time() - t_start
-    for key in new:
-        replaced[key] = res.get(key)
+    replaced = {k: res.get(k) for k in new}
     eval_cfg = OmegaConf.to_container(cfg.eval, resolve=True)
-    kept = res["config"]["eval"]
-    res["config"]["eval"] = {**kept,  # the keys of what was not measured keep describing the old figures
-                             **{k: v for k, v in eval_cfg.items() if k != "zero_shot" and "ppl" in what},
-                             **({"zero_shot": eval_cfg["zero_shot"]} if "zero_shot" in what else {})}
+    updated = dict(res["config"]["eval"])  # the keys of what was not measured keep describing the old figures
+    if "ppl" in what:
+        updated |= {k: v for k, v in eval_cfg.items() if k != "zero_shot"}
+    if "zero_shot" in what:
+        updated["zero_shot"] = eval_cfg["zero_shot"]
+    res["config"]["eval"] = updated
     res.update(new)
     res.setdefault("reevaluations", []).append({
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": overrides, "measured": what,

@@ -16,7 +16,6 @@ whole, and one dense forward per batch serves them all (a diagnostic for models 
 runs themselves do not need that). Writes layer_error.json, layer_error.md and layer_error.png into --out.
 """
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from surgeon.data.windows import eval_windows
 from surgeon.errors import SurgeonError
 from surgeon.eval.perplexity import window_nll
 from surgeon.model.adapters import adapter_for
-from surgeon.tracking.results import write_json_atomic
+from surgeon.tracking.results import saved_run, write_json_atomic
 
 
 def _label(r: dict) -> str:
@@ -110,9 +109,7 @@ def check(runs: list[Path]) -> list[dict]:
     for r in runs:
         if not (r / "results.json").is_file():
             raise SurgeonError(f"{r} holds no results.json: give run folders (one job's folder in a sweep)")
-        if not (r / "model").is_dir():
-            raise SurgeonError(f"{r} has no saved model: run it again with save=true")
-        found.append(json.loads((r / "results.json").read_text()))
+        found.append(saved_run(r))
         if found[-1]["model"] != found[0]["model"]:
             raise SurgeonError(f"{r} pruned {found[-1]['model']}, {runs[0]} pruned {found[0]['model']}: "
                                "one dense model per call")

@@ -20,7 +20,7 @@ from surgeon.errors import SurgeonError
 log = logging.getLogger("surgeon")
 
 
-def _threads(cfg) -> int:
+def job_threads(cfg) -> int:
     """All cores for one job; parallel sweep jobs (joblib) split them instead of oversubscribing."""
     if cfg.threads:
         return int(cfg.threads)
@@ -49,7 +49,7 @@ def execute(cfg: DictConfig, out_dir: Path, plan=None) -> dict:
     t_start, times = time.time(), {}
     plan = plan or plans.build(cfg)  # every option checked, before any model is loaded
     torch.manual_seed(cfg.seed)
-    torch.set_num_threads(_threads(cfg))
+    torch.set_num_threads(job_threads(cfg))
     device = engine.resolve_device(cfg.device)
     results.start_accounting(device)
 

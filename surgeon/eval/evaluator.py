@@ -50,16 +50,22 @@ class Evaluator:
             return zero_shot.evaluate(model, self.tokenizer, self.cfg.zero_shot, self.device, self.bos is not None)
 
     def dense(self, load_model, model_key: dict) -> tuple[dict, dict | None]:
-        """(perplexity, zero-shot accuracy or None) of the dense model, from the cache when
-        `eval.cache_dense` (they are properties of the model and the protocol, not of the run).
-        `load_model()` gives the dense model; it is called only when something must be measured."""
-        cached = bool(self.cfg.cache_dense)
+        """(perplexity, zero-shot accuracy or None) of the dense model."""
+        return self.dense_perplexity(load_model, model_key), self.dense_zero_shot(load_model, model_key)
+
+    def dense_perplexity(self, load_model, model_key: dict) -> dict:
+        """The dense model's perplexity, from the cache when `eval.cache_dense` (dense figures are
+        properties of the model and the protocol, not of the run). `load_model()` gives the dense
+        model; it is called only when something must be measured."""
         key = {**model_key, **{k: v for k, v in self.protocol.items() if k != "windows"}}
-        dense = ppl.dense_cached(key, lambda: self.perplexity(load_model(), "dense")) if cached \
-            else self.perplexity(load_model(), "dense")
-        zs = None
-        if self.zero_shot_on:
-            zs_key = {**model_key, **OmegaConf.to_container(self.cfg.zero_shot, resolve=True)}
-            zs = ppl.dense_cached(zs_key, lambda: self.zero_shot(load_model()), "dense_zero_shot") if cached \
-                else self.zero_shot(load_model())
-        return dense, zs
+        return self._cached(key, lambda: self.perplexity(load_model(), "dense"), "dense_ppl")
+
+    def dense_zero_shot(self, load_model, model_key: dict) -> dict | None:
+        """The dense model's zero-shot accuracy (None without tasks), cached as `dense_perplexity`."""
+        if not self.zero_shot_on:
+            return None
+        key = {**model_key, **OmegaConf.to_container(self.cfg.zero_shot, resolve=True)}
+        return self._cached(key, lambda: self.zero_shot(load_model()), "dense_zero_shot")
+
+    def _cached(self, key: dict, compute, folder: str) -> dict:
+        return ppl.dense_cached(key, compute, folder) if self.cfg.cache_dense else compute()

@@ -58,6 +58,15 @@ def save(res: dict, out_dir: Path):
                             f"written to {fallback}")
 
 
+def saved_run(run: Path) -> dict:
+    """The results of a run saved with `save=true` (its model in run/model), or a SurgeonError."""
+    from surgeon.errors import SurgeonError
+
+    if not (run / "model").is_dir():
+        raise SurgeonError(f"{run} has no saved model: run it again with save=true")
+    return json.loads((run / "results.json").read_text())
+
+
 def linear_record(layer: int, name: str, weight, **extra) -> dict:
     """One entry of results.json "layers": a linear's size and the fraction of it at zero."""
     return {"layer": layer, "name": name, "numel": weight.numel(),
