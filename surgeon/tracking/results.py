@@ -121,7 +121,9 @@ def _git_commit() -> str | None:
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None  # not a git checkout (an installed wheel)
+        # not a git checkout: an installed wheel, or a copy of the tree sent to another machine,
+        # which names the commit it was copied from
+        return os.environ.get("SURGEON_COMMIT")
 
 
 def _cpu_model() -> str:
