@@ -39,7 +39,7 @@ bench: setup  ## prune time (and where it goes), peak memory per one-shot method
 bench-scale: setup  ## cost per layer vs width (random Llama shapes up to TinyLlama's), fits, 7B / 70B extrapolation -> experiments/scale/
 	$(PY) -m surgeon.bench_scale
 
-gpu-check: setup  ## builds gpu_bundle/ for the lent GPU machine and dry-runs the checks on the CPU (surgeon/gpu_check.py)
+gpu-check: setup  ## builds gpu_bundle*/ for the lent GPU machine and dry-runs the checks on the CPU; the calls there: experiments/gpu/README.md
 	$(PY) -m surgeon.gpu_check --bundle gpu_bundle
 	$(PY) -m surgeon.gpu_check --dry-run --bundle-dir gpu_bundle --out outputs/gpu_check
 
