@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from surgeon.tables import cli, group, label, setting, to_wandb  # noqa: E402
+from surgeon.tables import cli, group, label, setting, several_budgets, to_wandb  # noqa: E402
 
 
 def allocation_by_layer(r: dict) -> dict[str, list[tuple[int, float]]]:
@@ -80,7 +80,7 @@ def plot_shots(results: list[dict], path: Path) -> None:
     """Dense at 0 only where the shots used the full protocol: a capped per-shot eval (the first
     `schedule.eval_max_tokens` tokens) is not comparable with the dense figure."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    corpus, caps = None, set()
+    corpus, caps, budget = None, set(), several_budgets(results)
     for r in sorted(results, key=lambda r: r["method"]):
         shots = [s for s in r.get("shots", []) if "ppl" in s]
         if not shots:
@@ -91,7 +91,7 @@ def plot_shots(results: list[dict], path: Path) -> None:
             caps.add(r.get("config", {}).get("schedule", {}).get("eval_max_tokens"))
         xs = ([0.0] if full else []) + [s["achieved_sparsity"] for s in shots]
         ys = ([r["ppl_dense"][corpus]] if full else []) + [s["ppl"][corpus] for s in shots]
-        ax.plot(xs, ys, marker="o", ms=3, label=f"{label(r)}, to {setting(r)}")
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{label(r, budget)}, to {setting(r)}")
     if corpus is None:
         plt.close(fig)
         return
@@ -109,13 +109,14 @@ def plot_sweep(results: list[dict], path: Path) -> None:
     with the intermediate sizes a multi-shot run measured on the full protocol; dense at 0."""
     corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
     fig, axes = plt.subplots(1, len(corpora), figsize=(5 * len(corpora), 3.6), squeeze=False)
+    budget = several_budgets(results)
     for ax, corpus in zip(axes[0], corpora):
         lines = defaultdict(dict)
         for r in results:
             pts = {s["achieved_sparsity"]: s["ppl"] for s in r.get("shots", []) if s.get("full_eval")}
             pts[r["achieved_sparsity"]] = r["ppl"]
-            lines[label(r)].update({x: p[corpus] for x, p in pts.items() if corpus in p})
-            lines[label(r)][0.0] = r["ppl_dense"][corpus]
+            lines[label(r, budget)].update({x: p[corpus] for x, p in pts.items() if corpus in p})
+            lines[label(r, budget)][0.0] = r["ppl_dense"][corpus]
         for name in sorted(lines):
             xs = sorted(lines[name])
             ax.plot(xs, [lines[name][x] for x in xs], marker="o", ms=3, label=name)
@@ -164,8 +165,9 @@ def main(argv=None) -> None:
         prefix = "" if len(groups) == 1 else f"group{k}_"
         if prefix:
             print(f"{prefix[:-1]}: {key}")
+        budget = several_budgets(rs)  # a calibration-size sweep: one file per budget
         for r in rs:
-            name = prefix + re.sub(r"[^A-Za-z0-9_-]+", "_", f"allocation_{label(r)}_{setting(r)}").strip("_")
+            name = prefix + re.sub(r"[^A-Za-z0-9_-]+", "_", f"allocation_{label(r, budget)}_{setting(r)}").strip("_")
             plot_allocation(r, out / name)
             print(out / f"{name}.png")
             if r.get("training"):

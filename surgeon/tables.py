@@ -77,10 +77,10 @@ def setting(r: dict, sparsity: float | None = None) -> str:
     return s if ":" in s else f"{s} {100 * (r['target_sparsity'] if sparsity is None else sparsity):.0f}%"
 
 
-def label(r: dict) -> str:
+def label(r: dict, budget: bool = False) -> str:
     """The row name: the method, plus what departs from its preset (ratio curve, prompt, N:M fill
-    and selection, K-FAC's output damping and Fisher; the calibration budget where a table mixes
-    budgets: `mark_budgets`), so variants of one method get rows of their own."""
+    and selection, K-FAC's output damping and Fisher; with `budget`, the calibration size, for
+    tables that mix sizes: `several_budgets`), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
@@ -101,27 +101,26 @@ def label(r: dict) -> str:
         tags.append(cfg["layer_sparsity"]["name"].upper())
     if r.get("recovery"):
         tags.append(f"LoRA recovery {r['recovery']['tokens']:,} tokens")
-    if r.get("_budgets") and r.get("calibration"):
+    if budget and r.get("calibration"):
         tags.append("{num_samples} x {seq_len} calibration".format(**r["calibration"]))
     return f"{r['method']} ({', '.join(tags)})" if tags else r["method"]
 
 
-def mark_budgets(results: list[dict]) -> None:
-    """Runs of one table calibrated on different budgets (a calibration-size sweep) get the budget
-    in their row names, so that no two budgets share a cell."""
-    budgets = {tuple(sorted(r["calibration"].items())) for r in results if r.get("calibration")}
-    for r in results:
-        r["_budgets"] = len(budgets) > 1
+def several_budgets(results: list[dict]) -> bool:
+    """Whether runs shown together were calibrated on different budgets (a calibration-size sweep):
+    then their row names carry the budget, so that no two budgets share a cell or a line."""
+    return len({tuple(sorted(r["calibration"].items())) for r in results if r.get("calibration")}) > 1
 
 
-def rows(r: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
+def rows(r: dict, budget: bool = False) -> list[tuple[str, list[tuple[str, dict]]]]:
     """(row name, points) of one run: its own row and, when the run also measured perplexity
     with the collaborative prompt read first (Compresso), a row for that."""
-    out = [(label(r), points(r))]
+    name = label(r, budget)
+    out = [(name, points(r))]
     if r.get("ppl_prompt"):
-        out.append((f"{label(r)}, prompt at inference", [(setting(r), r["ppl_prompt"])]))
+        out.append((f"{name}, prompt at inference", [(setting(r), r["ppl_prompt"])]))
     if r.get("recovery"):
-        out.append((f"{label(r)}: before", [(setting(r), r["recovery"]["ppl_before"])]))
+        out.append((f"{name}: before", [(setting(r), r["recovery"]["ppl_before"])]))
     return out
 
 
@@ -137,13 +136,13 @@ def points(r: dict) -> list[tuple[str, dict]]:
 def build(results: list[dict]) -> dict:
     """{corpus: {"columns": [...], "rows": {method: {column: ppl}}}} plus a dense row, for runs of
     one group."""
-    tables = {}
+    tables, budget = {}, several_budgets(results)
     corpora = sorted({c for r in results for c in r["ppl"]}, key=lambda c: (c != "wiki_heldout", c))
     columns = sorted({col for r in results for col, _ in points(r)}, key=lambda s: (":" in s, s))
     for corpus in corpora:
         cells, dense = defaultdict(lambda: defaultdict(list)), None
         for r in results:
-            for name, pts in rows(r):
+            for name, pts in rows(r, budget):
                 for col, ppl in pts:
                     if corpus in ppl:
                         cells[name][col].append((r.get("seed", 0), r.get("_mtime", 0), ppl[corpus],
@@ -174,12 +173,12 @@ def zero_shot(results: list[dict]) -> dict | None:
     tasks = {t for r in runs_zs for t in r["zero_shot"]["primary"]}
     columns = sorted(tasks, key=lambda t: (STANDARD.index(t) if t in STANDARD else 99, t)) + ["mean"]
     cells = defaultdict(lambda: defaultdict(list))
-    table = {}
+    table, budget = {}, several_budgets(results)
     for r in runs_zs:
         if r.get("zero_shot_dense"):
             table["dense"] = {**r["zero_shot_dense"]["primary"], "mean": r["zero_shot_dense"]["mean"]}
         for task, acc in {**r["zero_shot"]["primary"], "mean": r["zero_shot"]["mean"]}.items():
-            cells[f"{label(r)}, {setting(r)}"][task].append((r.get("seed", 0), r.get("_mtime", 0), acc,
+            cells[f"{label(r, budget)}, {setting(r)}"][task].append((r.get("seed", 0), r.get("_mtime", 0), acc,
                                                                r.get("_path", "?")))
     for name, row in cells.items():
         table[name] = {task: merge(runs, f"{name} {task}") for task, runs in row.items()}
@@ -256,6 +255,7 @@ def runs(results: list[dict]) -> str:
     """One row per run: what was measured on the weights and what it cost."""
     out = ["| method | setting | achieved sparsity | calibration | prune s | eval s | total s | peak RSS MB |",
            "|---|---|---:|---|---:|---:|---:|---:|"]
+    budget = several_budgets(results)
     for r in sorted(results, key=lambda r: (setting(r),
                                              METHOD_ORDER.index(r["method"]) if r["method"] in METHOD_ORDER else 99)):
         cal, train = r.get("calibration"), r.get("training")
@@ -263,7 +263,7 @@ def runs(results: list[dict]) -> str:
         if train:
             cal_txt = f"trained: {train['history'][-1]['step']} steps on {train['examples']:,} examples"
         t = r.get("time_s", {})
-        out.append(f"| {label(r)} | {setting(r)} | {r.get('achieved_sparsity', float('nan')):.4f} | "
+        out.append(f"| {label(r, budget)} | {setting(r)} | {r.get('achieved_sparsity', float('nan')):.4f} | "
                    f"{cal_txt} | {t.get('prune', 0):.0f} | "
                    f"{t.get('eval', 0):.0f} | {t.get('total', 0):.0f} | {r.get('peak_rss_mb', 0):.0f} |")
     return "\n".join(out) + "\n"
@@ -274,13 +274,14 @@ def compaction(results: list[dict]) -> str:
     rows = [r for r in results if r.get("compaction")]
     if not rows:
         return ""
+    budget = several_budgets(results)
     out = ["| method | setting | schedule | params | compacted params | file MB | compacted MB | ms/token | "
            "compacted ms/token | speed-up | max logit diff |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (setting(r), r["method"], r["schedule"])):
         b, a = r["compaction"]["before"], r["compaction"]["after"]
         sched = ("trained" if r.get("training") else
                  r["schedule"] + (f" ({r['config']['schedule']['curve']})" if r["schedule"] == "incremental_ratio" else ""))
-        out.append(f"| {label(r)} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
+        out.append(f"| {label(r, budget)} | {setting(r)} | {sched} | {b['params'] / 1e6:.1f}M | {a['params'] / 1e6:.1f}M | "
                    f"{b['file_bytes'] / 2**20:.0f} | {a['file_bytes'] / 2**20:.0f} | {b['ms_per_token']:.1f} | "
                    f"{a['ms_per_token']:.1f} | {b['ms_per_token'] / a['ms_per_token']:.2f}x | "
                    f"{r['compaction']['max_logit_diff']:.1e} |")
@@ -322,7 +323,6 @@ def to_wandb(args, kind: str, paths) -> None:
 
 def render(results: list[dict]) -> tuple[str, str]:
     """(Markdown, LaTeX) of one group of runs."""
-    mark_budgets(results)
     tables = build(results)
     md = markdown(tables, protocol_note(results))
     tex = latex(tables)

@@ -247,3 +247,16 @@ def test_tables_give_each_calibration_budget_its_own_row_only_where_budgets_diff
     assert "| llm_surgeon (128 x 512 calibration) | **35.00** |" in md
     md, _ = tables.render(mixed[1:])  # one budget: plain method names
     assert "| sparsegpt | 40.00 |" in md and "| llm_surgeon | **35.00** |" in md
+    assert all("_budgets" not in r for r in mixed)  # the results are read, never marked
+
+    from surgeon import plots
+
+    lines = {}
+    real_save = plots._save
+    plots._save = lambda fig, path: lines.update({ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[0].lines})
+    try:
+        plots.plot_sweep([{**r, "achieved_sparsity": 0.5, "model": "m"} for r in mixed], None)
+    finally:
+        plots._save = real_save
+    assert lines == {"sparsegpt (16 x 512 calibration)": [20.0, 44.0], "sparsegpt (128 x 512 calibration)": [20.0, 40.0],
+                     "llm_surgeon (128 x 512 calibration)": [20.0, 35.0]}  # two budgets never share a line
