@@ -231,6 +231,20 @@ def test_results_name_the_commit_a_run_started_from(monkeypatch):
     assert results.environment(torch.device("cpu"))["commit"] == "a" * 40
 
 
+def test_a_tree_copied_without_git_names_the_commit_it_was_copied_from(monkeypatch):
+    import subprocess
+
+    from surgeon.tracking import results
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.delenv("SURGEON_COMMIT", raising=False)
+    assert results._git_commit() is None  # an installed wheel: nothing to name
+    monkeypatch.setenv("SURGEON_COMMIT", "c" * 40)  # the GPU machine's copy (experiments/gpu/device.sh)
+    assert results._git_commit() == "c" * 40
+
+
 def test_tables_give_each_calibration_budget_its_own_row_only_where_budgets_differ():
     from surgeon import tables
 
