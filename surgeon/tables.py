@@ -13,6 +13,7 @@ directory and prints the Markdown.
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -159,7 +160,9 @@ def _order(methods):
     def rank(m):
         base = m.split(",")[0].split(" (")[0]
         return METHOD_ORDER.index(base) if base in METHOD_ORDER else 99
-    return sorted(methods, key=lambda m: (m != "dense", rank(m), m))
+    def natural(m):  # 16 x 512 before 128 x 512
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m)]
+    return sorted(methods, key=lambda m: (m != "dense", rank(m), natural(m)))
 
 
 def zero_shot(results: list[dict]) -> dict | None:
