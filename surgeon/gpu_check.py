@@ -49,7 +49,8 @@ SHAPES = {"smollm2": dict(width=576, ffn=1536, layers=30, heads=9, kv_heads=3),
 
 
 def bundle(folder: Path) -> None:
-    """Wheels for the device's Python 3.12, the tokenizer, calibration text: under `folder`."""
+    """Wheels for the device's Python 3.12, the tokenizer, calibration text, the corpora and the
+    checks of the real weights under `folder`; the GGUF's two parts beside it (`<folder>_weights_i`)."""
     from surgeon import assets
     from surgeon.config import model_config
     from surgeon.data.corpora import wiki_leads
