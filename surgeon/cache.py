@@ -2,7 +2,10 @@
 (a file's contents, a package's version, a model's weights), checked before it is used (each
 file's size and sha256, recorded in a manifest when the entry was made), and written to a
 temporary name first and renamed into place, so a crash never leaves half an entry. A damaged
-entry is rebuilt with one log line. Entries live under `assets.cache_dir` ($SURGEON_CACHE)."""
+entry is rebuilt with one log line. Entries live under `assets.cache_dir` ($SURGEON_CACHE).
+An entry is checked and built under its lock (`building`), so parallel jobs build it once."""
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -74,6 +77,21 @@ def damage(folder: Path) -> str | None:
 
 def manifest(folder: Path) -> dict:
     return json.loads((folder / MANIFEST).read_text())
+
+
+@contextlib.contextmanager
+def building(entry: Path):
+    """Hold `entry`'s lock while checking or building it. Parallel sweep jobs that find no entry
+    would otherwise each build it, and a later builder's discard would delete the folder that an
+    earlier one is already reading; with the lock the first builds and the others wait, then find
+    it whole. (flock: released when the process dies, so a crashed builder blocks no one.)"""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def discard(folder: Path, reason: str) -> None:

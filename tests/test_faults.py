@@ -152,6 +152,47 @@ def test_a_corrupted_model_cache_is_rebuilt_and_gives_the_fresh_figures(tmp_path
     assert loading.weights_id(cfg) == key
 
 
+def test_parallel_jobs_that_find_no_model_cache_build_it_once(tmp_path, monkeypatch):
+    """Two jobs start on an empty cache: one dequantizes, the other waits for its lock and then
+    loads that folder; before the lock, the second's build deleted the folder the first read."""
+    import threading
+    import time
+
+    from surgeon import assets
+    from surgeon.config import model_config
+
+    loading = importlib.import_module("surgeon.model.load")
+    cfg = model_config("smollm2_135m")
+    monkeypatch.setenv("SURGEON_CACHE", str(tmp_path))
+    monkeypatch.setattr(loading, "_verified", set())
+    builds = []
+
+    def dequantize(cfg, folder):  # stands in for the 10 s GGUF dequantization
+        builds.append(folder)
+        time.sleep(0.5)
+        tmp = folder.parent / ".building"
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"weights")
+        cache.write_manifest(tmp, cache.stamp(loading._source_path(cfg)))
+        os.replace(tmp, folder)
+
+    monkeypatch.setattr(loading, "_dequantize", dequantize)
+    found = []
+
+    def job():
+        found.append(loading._dequantized_folder(cfg))
+        loading._verified.clear()  # as a separate process: nothing checked yet
+
+    jobs = [threading.Thread(target=job) for _ in range(2)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join()
+    folder = assets.cache_dir("models") / cfg.name
+    assert builds == [folder] and found == [folder, folder]
+    assert cache.damage(folder) is None
+
+
 def test_the_dense_cache_is_keyed_by_the_weights(tmp_path, compose_cfg):
     loading = importlib.import_module("surgeon.model.load")
 

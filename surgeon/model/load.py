@@ -3,7 +3,6 @@ package (dequantized to fp32 once, then cached as safetensors), or a tiny config
 import hashlib
 import logging
 import os
-import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -104,19 +103,26 @@ _verified: set[Path] = set()  # model caches checked in this process
 def _dequantized_folder(cfg: DictConfig) -> Path:
     """Dequantize the packaged GGUF once into a safetensors folder; later loads take ~0.2 s plus
     the check of its files against their checksums (and of the GGUF against the one it was made
-    from): a damaged or stale folder is rebuilt, with one log line."""
+    from): a damaged or stale folder is rebuilt, with one log line. Parallel jobs that find no
+    folder wait for the one that builds it."""
     folder = assets.cache_dir("models") / cfg.name
     if folder in _verified:
         return folder
-    if folder.exists():
-        reason = cache.damage(folder)
-        source = _source_path(cfg)
-        if reason is None and source.exists() and not cache.unchanged(cache.manifest(folder)["source"], source):
-            reason = f"its source {source} changed"
-        if reason is None:
-            _verified.add(folder)
-            return folder
-        cache.discard(folder, reason)
+    with cache.building(folder):
+        if folder.exists():
+            reason = cache.damage(folder)
+            source = _source_path(cfg)
+            if reason is None and source.exists() and not cache.unchanged(cache.manifest(folder)["source"], source):
+                reason = f"its source {source} changed"
+            if reason is not None:
+                cache.discard(folder, reason)
+        if not folder.exists():
+            _dequantize(cfg, folder)
+    _verified.add(folder)
+    return folder
+
+
+def _dequantize(cfg: DictConfig, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     from surgeon.tracking.results import shareable
@@ -132,10 +138,7 @@ def _dequantized_folder(cfg: DictConfig) -> Path:
     tokenizer.save_pretrained(tmp)
     cache.write_manifest(tmp, cache.stamp(gguf))
     shareable(tmp, directory=True)
-    shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)  # atomic: a crashed dequantization never leaves a half folder
-    _verified.add(folder)
-    return folder
 
 
 def _source_path(cfg: DictConfig) -> Path:
