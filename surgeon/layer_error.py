@@ -34,10 +34,8 @@ from surgeon.tracking.results import saved_run, write_json_atomic
 
 
 def _label(r: dict) -> str:
-    """The tables' row name and setting, and the calibration budget (runs of several budgets compare here)."""
-    cal = r.get("calibration") or {}
-    budget = f", cal {cal['num_samples']}x{cal['seq_len']}" if cal else ""
-    return f"{tables.label(r)}, {tables.setting(r)}{budget}"
+    """The tables' row name with the calibration budget (runs of several budgets compare here), and the setting."""
+    return f"{tables.label(r, budget=True)}, {tables.setting(r)}"
 
 
 @torch.no_grad()

@@ -24,6 +24,12 @@ from omegaconf import OmegaConf
 from surgeon.config import CONF_DIR, fisher_kind
 
 _KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
+
+
+def _preset(method: str) -> dict:
+    """What a method preset (conf/method/<name>.yaml) fixes under `method:`; {} for none."""
+    path = CONF_DIR / "method" / f"{method}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.exists() else {}
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
 
 
@@ -79,12 +85,16 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 
 def label(r: dict, budget: bool = False) -> str:
-    """The row name: the method, plus what departs from its preset (ratio curve, prompt, N:M fill
+    """The row name: the method, plus what departs from its preset (allocation or update swapped, ratio curve, prompt, N:M fill
     and selection, K-FAC's output damping and Fisher; with `budget`, the calibration size, for
     tables that mix sizes: `several_budgets`), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
+    preset = _preset(cfg.get("method", {}).get("name", ""))
+    for part in ("allocation", "update"):  # a method's parts swapped on the command line (ablations)
+        if part in preset and cfg["method"].get(part, preset[part]) != preset[part]:
+            tags.append(f"{part} {cfg['method'][part]}")
     if sched.get("name") == "incremental_ratio" and sched.get("curve", "log") != "log":
         tags.append(f"{sched['curve']} ratios")
     if r.get("training") is not None and not r["training"].get("prompt_in_training", True):

@@ -54,7 +54,7 @@ def test_a_saved_sparsegpt_run_gives_errors_between_zero_and_one_per_corpus(comp
     layer_error.main([str(tmp_path / "run"), "--tokens", "128", "--out", str(tmp_path / "out")])
     res = json.loads((tmp_path / "out" / "layer_error.json").read_text())
     (run,) = res["runs"]
-    assert run["label"] == "sparsegpt, unstructured 50%, cal 4x64" and set(run["corpora"]) == {"wiki_heldout", "ptb"}
+    assert run["label"] == "sparsegpt (4 x 64 calibration), unstructured 50%" and set(run["corpora"]) == {"wiki_heldout", "ptb"}
     for e in run["corpora"].values():
         assert all(0 < r < 1 for r in e["local"]) and all(d > 0 for d in e["drift"])
     assert (tmp_path / "out" / "layer_error.png").stat().st_size > 0

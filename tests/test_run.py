@@ -150,7 +150,8 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
     from surgeon import tables
 
     def res(**cfg):
-        base = {"schedule": {"name": "linear"}, "method": {"update": "correlated"},
+        base = {"schedule": {"name": "linear"},
+                "method": {"name": "llm_surgeon", "allocation": "global", "update": "correlated"},
                 "structure": {"name": "nm", "fill": "groups", "select": "costs"},
                 "curvature": {"name": "kfac", "damp_g": 0.1}}
         return {"method": "llm_surgeon", "config": {k: {**v, **cfg.get(k, {})} for k, v in base.items()}}
@@ -162,6 +163,9 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
     assert tables.label(both) == "llm_surgeon (sequential N:M, damp_g 1.0)"
     sampled = res(curvature={"damp_g": 1.0, "fisher": True})  # as `curvature.fisher=true` composes
     assert tables.label(sampled) == "llm_surgeon (damp_g 1.0, true Fisher)"
+    per_layer = res(method={"allocation": "layer"}, curvature={"damp_g": 1.0})  # the global threshold ablated
+    assert tables.label(per_layer) == "llm_surgeon (allocation layer, damp_g 1.0)"
+    assert tables.label(res(method={"update": "none"})) == "llm_surgeon (update none)"
 
 
 def _wandb_records(path):
