@@ -39,3 +39,31 @@ def test_unstructured_layer_row_and_global_scopes(sparsity):
     assert sum(int(b.sum()) for b in both) == int(sparsity * (costs.numel() + other.numel()))
     threshold = max(costs[both[0]].max(), other[both[1]].max())  # one threshold over both
     assert threshold <= min(costs[~both[0]].min(), other[~both[1]].min())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_a_global_threshold_removes_exactly_the_k_cheapest_entries_of_all_tensors(dtype):
+    """Against a sort of all costs joined: the same count, and nothing kept is cheaper than
+    anything removed - with negative costs, infinities, earlier zeros (ties at 0) and ties at the
+    threshold, where the first tied entries go."""
+    from surgeon.structure.base import cheapest, kth_smallest
+
+    g = torch.Generator().manual_seed(0)
+    costs = [torch.randn(8, 24, generator=g), torch.rand(16, 8, generator=g), torch.randn(4, 4, generator=g) * 1e-30]
+    costs[0][0, :6] = 0.0
+    costs[1][3, :] = float("inf")
+    costs[1][5, :5] = 0.25  # ties that straddle a threshold
+    costs = [c.to(dtype) for c in costs]
+    joined = torch.cat([c.flatten() for c in costs])
+    for k in [1, 6, 100, 200, joined.numel() - 1, joined.numel()]:
+        assert kth_smallest(costs, k) == joined.sort().values[k - 1]
+    for fraction in [0.0, 0.1, 0.37, 0.5, 0.9, 1.0]:
+        masks = cheapest(costs, fraction, "global")
+        removed = torch.cat([m.flatten() for m in masks])
+        assert int(removed.sum()) == int(fraction * joined.numel())
+        if 0 < removed.sum() < joined.numel():
+            assert joined[removed].max() <= joined[~removed].min()
+    t = torch.tensor(0.25, dtype=dtype)
+    below = int((joined < t).sum())
+    masks = cheapest(costs, (below + 2) / joined.numel(), "global")
+    assert masks[1][5, :5].tolist() == [True, True, False, False, False]

@@ -110,12 +110,53 @@ def cheapest(costs: list[torch.Tensor], fraction: float, scope: str) -> list[tor
         return masks
     if scope == "layer":
         return [cheapest([c], fraction, "global")[0] for c in costs]
-    flat = torch.cat([c.flatten() for c in costs])
-    chosen = torch.zeros_like(flat, dtype=torch.bool)
-    k = min(int(fraction * flat.numel()), flat.numel())
-    if k:
-        chosen[torch.topk(flat, k, largest=False).indices] = True
-    return [m.view_as(c) for m, c in zip(chosen.split([c.numel() for c in costs]), costs)]
+    k = min(int(fraction * sum(c.numel() for c in costs)), sum(c.numel() for c in costs))
+    if not k:
+        return [torch.zeros_like(c, dtype=torch.bool) for c in costs]
+    t = kth_smallest(costs, k)
+    masks = [c < t for c in costs]
+    ties = k - sum(int(m.sum()) for m in masks)  # entries equal to t that still go, first ones first
+    for c, m in zip(costs, masks):
+        if ties <= 0:
+            break
+        at = (c == t).flatten().nonzero().flatten()[:ties]
+        m.view(-1)[at] = True
+        ties -= at.numel()
+    return masks
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+         torch.bfloat16: torch.int16}
+
+
+def kth_smallest(costs: list[torch.Tensor], k: int):
+    """The k-th smallest entry (1-based) of all tensors together, without joining them: a global
+    threshold over a 7B model's costs would otherwise copy them all at once, and sort half of
+    them. Bisection over the floats in their order (their bit patterns, sign-folded, are
+    monotone integers), each step counting the entries <= a candidate: one pass over the costs
+    per bit, and memory of one tensor's comparison."""
+    dtype = costs[0].dtype
+    ints = _BITS[dtype]
+    sign = torch.iinfo(ints).min
+
+    def key(x: torch.Tensor) -> int:  # order-preserving int of a float
+        b = int(x.reshape(1).to(dtype).view(ints)[0])
+        return b if b >= 0 else -(b - sign)
+
+    def value(q: int) -> torch.Tensor:
+        b = q if q >= 0 else -q + sign
+        return torch.tensor([b], dtype=ints).view(dtype)[0].to(costs[0].device)
+
+    lo = min(key(c.min()) for c in costs)  # count(<= lo) may be < k; count(<= hi) >= k
+    hi = max(key(c.max()) for c in costs)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        t = value(mid)
+        if sum(int((c <= t).sum()) for c in costs) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return value(lo)
 
 
 def weight(target, kron) -> torch.Tensor:
