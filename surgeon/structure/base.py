@@ -8,6 +8,7 @@ or, where the update chooses as it goes (`method.update=obs`: SparseGPT's sweep,
 removal), `solve` does both per decoder layer. Nothing outside structure/ asks which structure it
 has; the method only composes these calls (surgeon/method/prune.py).
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,38 +126,31 @@ def cheapest(costs: list[torch.Tensor], fraction: float, scope: str) -> list[tor
     return masks
 
 
-_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
-         torch.bfloat16: torch.int16}
-
-
-def kth_smallest(costs: list[torch.Tensor], k: int):
+def kth_smallest(costs: list[torch.Tensor], k: int, sample: int = 1 << 20):
     """The k-th smallest entry (1-based) of all tensors together, without joining them: a global
-    threshold over a 7B model's costs would otherwise copy them all at once, and sort half of
-    them. Bisection over the floats in their order (their bit patterns, sign-folded, are
-    monotone integers), each step counting the entries <= a candidate: one pass over the costs
-    per bit, and memory of one tensor's comparison."""
-    dtype = costs[0].dtype
-    ints = _BITS[dtype]
-    sign = torch.iinfo(ints).min
-
-    def key(x: torch.Tensor) -> int:  # order-preserving int of a float
-        b = int(x.reshape(1).to(dtype).view(ints)[0])
-        return b if b >= 0 else -(b - sign)
-
-    def value(q: int) -> torch.Tensor:
-        b = q if q >= 0 else -q + sign
-        return torch.tensor([b], dtype=ints).view(dtype)[0].to(costs[0].device)
-
-    lo = min(key(c.min()) for c in costs)  # count(<= lo) may be < k; count(<= hi) >= k
-    hi = max(key(c.max()) for c in costs)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        t = value(mid)
-        if sum(int((c <= t).sum()) for c in costs) >= k:
-            hi = mid
-        else:
-            lo = mid + 1
-    return value(lo)
+    threshold over a 7B model's costs would otherwise copy them all at once and sort half of
+    them. A seeded sample of the entries brackets the k-th (its quantiles k/n -+ a margin of
+    4 standard errors); one pass counts the entries below the bracket and gathers those inside,
+    and the k-th is found among those. A bracket that missed (rare) is widened and the pass
+    repeated, until it holds every entry. Exact whatever the sample drew."""
+    n = sum(c.numel() for c in costs)
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([c.flatten()[torch.randint(c.numel(), (max(1, round(sample * c.numel() / n)),),
+                                                  generator=g).to(c.device)].to(costs[0].device) for c in costs])
+    margin = 4 / math.sqrt(drawn.numel())
+    while True:
+        low, high = k / n - margin, k / n + margin
+        lo = drawn.kthvalue(max(1, int(low * drawn.numel()))).values if low > 0 else None
+        hi = drawn.kthvalue(min(drawn.numel(), int(high * drawn.numel()) + 1)).values if high < 1 else None
+        below, inside = 0, []
+        for c in costs:
+            keep = torch.ones_like(c, dtype=torch.bool) if lo is None else c >= lo
+            below += c.numel() - int(keep.sum())
+            inside.append(c[keep & (c <= hi)] if hi is not None else c[keep])
+        inside = torch.cat([x.to(costs[0].device) for x in inside])
+        if below < k <= below + inside.numel():
+            return inside.kthvalue(k - below).values
+        margin *= 4
 
 
 def weight(target, kron) -> torch.Tensor:
