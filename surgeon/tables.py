@@ -12,6 +12,7 @@ newest is shown and a warning names both. Writes tables.md and tables.tex next t
 directory and prints the Markdown.
 """
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -24,12 +25,6 @@ from omegaconf import OmegaConf
 from surgeon.config import CONF_DIR, fisher_kind
 
 _KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
-
-
-def _preset(method: str) -> dict:
-    """What a method preset (conf/method/<name>.yaml) fixes under `method:`; {} for none."""
-    path = CONF_DIR / "method" / f"{method}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.exists() else {}
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
 
 
@@ -82,6 +77,14 @@ def merge(runs: list[tuple[int, float, object, str]], what: str):
 def setting(r: dict, sparsity: float | None = None) -> str:
     s = r["structure"]
     return s if ":" in s else f"{s} {100 * (r['target_sparsity'] if sparsity is None else sparsity):.0f}%"
+
+
+@functools.lru_cache
+def _preset(method: str) -> dict:
+    """What a method preset (conf/method/<name>.yaml) fixes under `method:`; {} for none. Read once
+    per method: `label` runs for every row of every table."""
+    path = CONF_DIR / "method" / f"{method}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.exists() else {}
 
 
 def label(r: dict, budget: bool = False) -> str:

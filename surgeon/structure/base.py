@@ -111,7 +111,8 @@ def cheapest(costs: list[torch.Tensor], fraction: float, scope: str) -> list[tor
         return masks
     if scope == "layer":
         return [cheapest([c], fraction, "global")[0] for c in costs]
-    k = min(int(fraction * sum(c.numel() for c in costs)), sum(c.numel() for c in costs))
+    n = sum(c.numel() for c in costs)
+    k = min(int(fraction * n), n)
     if not k:
         return [torch.zeros_like(c, dtype=torch.bool) for c in costs]
     t = kth_smallest(costs, k)
@@ -134,6 +135,8 @@ def kth_smallest(costs: list[torch.Tensor], k: int, sample: int = 1 << 20):
     and the k-th is found among those. A bracket that missed (rare) is widened and the pass
     repeated, until it holds every entry. Exact whatever the sample drew."""
     n = sum(c.numel() for c in costs)
+    if n <= sample:  # a join no larger than the sample (one layer's costs): select in it directly
+        return torch.cat([c.flatten().to(costs[0].device) for c in costs]).kthvalue(k).values
     g = torch.Generator().manual_seed(0)
     drawn = torch.cat([c.flatten()[torch.randint(c.numel(), (max(1, round(sample * c.numel() / n)),),
                                                   generator=g).to(c.device)].to(costs[0].device) for c in costs])
