@@ -42,6 +42,13 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return out
 
 
+def split_args(argv: list[str]) -> tuple[list[Path], list[str]]:
+    """(run paths, overrides). An argument naming an existing path is a run even when it holds '=': a
+    multirun job's folder is named after its overrides (e.g. `0_sparsity=0.5`)."""
+    paths = [a for a in argv if "=" not in a or Path(a).exists()]
+    return [Path(a) for a in paths], [a for a in argv if a not in paths]
+
+
 def parse_overrides(args: list[str]):
     """The `key=value` arguments as a config; only eval.*, device and threads may change."""
     for a in args:
@@ -158,9 +165,9 @@ def main(argv=None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if argv else 2)
-    overrides = [a for a in argv if "=" in a]
+    paths, overrides = split_args(argv)
     try:
-        found = check([Path(a) for a in argv if "=" not in a], overrides)
+        found = check(paths, overrides)
     except SurgeonError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -72,3 +72,12 @@ def test_a_run_without_a_saved_model_is_refused(compose_cfg, tmp_path, capsys):
     with pytest.raises(SystemExit):
         evaluate.main([str(tmp_path / "nothing_here"), *ZERO_SHOT])
     assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_a_run_folder_whose_name_holds_an_equals_sign_is_a_run_not_an_override(compose_cfg, tmp_path):
+    job = tmp_path / "sweep" / "method=magnitude,sparsity=0.5"  # how a multirun job's folder may be named
+    execute(compose_cfg(*RUN, "eval.max_tokens=64", "save=true"), job)
+    assert evaluate.split_args([str(job), "eval.max_tokens=32"]) == ([job], ["eval.max_tokens=32"])
+    evaluate.main([str(job), "eval.max_tokens=32"])
+    after = json.loads((job / "results.json").read_text())
+    assert after["eval_protocol"]["tokens"]["ptb"] == 32 and after["reevaluations"][0]["measured"] == ["ppl"]
