@@ -23,12 +23,13 @@ QUICK = ["logger=none", "calibration.num_samples=4", "calibration.seq_len=64", "
          "eval.max_tokens=128", "eval.corpora=[wiki_heldout]", "eval.cache_dense=false", "save=true",
          "latency.new_tokens=2", "latency.repeats=1", "latency.prompt_tokens=8"]
 SHOTS = ["schedule.shots=2", "schedule.eval_every=0"]
+UNCOUPLED = ["structure.coupled=false"]  # rows_cols as recorded: no channel freed (tests/test_structure.py covers coupling)
 SURGEON = ["method=llm_surgeon", "method.max_correlate=64", *SHOTS]
 
 CASES = {
     "magnitude_unstructured": ["method=magnitude"],
     "magnitude_nm": ["method=magnitude", "structure=nm"],
-    "magnitude_rows_cols": ["method=magnitude", "structure=rows_cols", "sparsity=0.3"],
+    "magnitude_rows_cols": ["method=magnitude", "structure=rows_cols", *UNCOUPLED, "sparsity=0.3"],
     "magnitude_heads_neurons": ["method=magnitude", "structure=heads_neurons", "sparsity=0.4"],
     "wanda_unstructured": ["method=wanda"],
     "wanda_nm48": ["method=wanda", "structure=nm", "structure.n=4", "structure.m=8"],
@@ -38,17 +39,17 @@ CASES = {
     "sparsegpt_ratio": ["method=sparsegpt", "schedule=incremental_ratio", "sparsity=0.4"],
     "obd_unstructured": ["method=sparsegpt", "curvature=diagonal", "method.blocksize=32"],
     "l_obd_unstructured": ["method=l_obd"],
-    "l_obd_rows_cols": ["method=l_obd", "structure=rows_cols", "sparsity=0.3", "schedule=linear", *SHOTS],
+    "l_obd_rows_cols": ["method=l_obd", "structure=rows_cols", *UNCOUPLED, "sparsity=0.3", "schedule=linear", *SHOTS],
     "k_obd_unstructured": ["method=k_obd"],
     "k_obd_nm": ["method=k_obd", "structure=nm"],
-    "k_obd_rows_cols": ["method=k_obd", "structure=rows_cols", "sparsity=0.3", "schedule=linear", *SHOTS],
+    "k_obd_rows_cols": ["method=k_obd", "structure=rows_cols", *UNCOUPLED, "sparsity=0.3", "schedule=linear", *SHOTS],
     "k_obd_fisher": ["method=k_obd", "curvature.source=fisher"],
     "surgeon_unstructured": [*SURGEON],
     "surgeon_layer_scope": [*SURGEON, "method.allocation=layer"],
     "surgeon_nm": [*SURGEON, "structure=nm"],
     "surgeon_nm_elements": [*SURGEON, "structure=nm", "structure.fill=elements"],
     "surgeon_nm_sequential": [*SURGEON, "structure=nm", "structure.select=sequential"],
-    "surgeon_rows_cols": [*SURGEON, "structure=rows_cols", "sparsity=0.3"],
+    "surgeon_rows_cols": [*SURGEON, "structure=rows_cols", *UNCOUPLED, "sparsity=0.3"],
     "surgeon_true_fisher": [*SURGEON, "curvature.fisher=true"],
     "surgeon_disk_store": [*SURGEON, "curvature.store=disk"],
     "surgeon_diagonal": [*SURGEON, "curvature=diagonal", "curvature.source=kfac"],
@@ -60,7 +61,7 @@ CASES = {
                   "method.prompt.text=You are being pruned."],
     "opt_sparsegpt": ["model=tiny_opt", "method=sparsegpt", "method.blocksize=32"],
     "opt_surgeon": ["model=tiny_opt", *SURGEON],
-    "opt_surgeon_rows_cols": ["model=tiny_opt", *SURGEON, "structure=rows_cols", "sparsity=0.3"],
+    "opt_surgeon_rows_cols": ["model=tiny_opt", *SURGEON, "structure=rows_cols", *UNCOUPLED, "sparsity=0.3"],
     "opt_slimgpt": ["model=tiny_opt", "method=slimgpt", "sparsity=0.4"],
     "qwen2_wanda": ["model=tiny_qwen2", "method=wanda"],
     "qwen2_surgeon": ["model=tiny_qwen2", *SURGEON],

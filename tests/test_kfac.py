@@ -377,9 +377,9 @@ def test_structured_shot_zeroes_exactly_what_it_reports():
     assert 0.35 < removed / total <= 0.4
 
 
-def _surgeon_shot(model_name, structure, sparsity, max_correlate=64):
+def _surgeon_shot(model_name, structure, sparsity, max_correlate=64, allocation="global"):
     adapter = adapter_for(tiny_model(model_name))
-    m = Method(method_cfg(allocation="global", update="correlated", max_correlate=max_correlate),
+    m = Method(method_cfg(allocation=allocation, update="correlated", max_correlate=max_correlate),
                curvature_cfg("kfac", damp_g=0.1, damp=0.01), structure)
     linears = {(i, name): lin for i, layer in enumerate(adapter.layers())
                for name, lin in adapter.prunable_linears(layer).items()}

@@ -15,7 +15,7 @@ def build(cfg) -> Structure:
     if cfg.name == "nm":
         return NM(int(cfg.n), int(cfg.m), cfg.fill, cfg.select)
     if cfg.name == "rows_cols":
-        return RowsCols()
+        return RowsCols(bool(cfg.get("coupled", True)))
     if cfg.name == "heads_neurons":
         return HeadsNeurons()
     if cfg.name == "layers":

@@ -20,7 +20,7 @@ SCOPES = ("layer", "row", "global")
 @dataclass
 class Target:
     """What one decision prunes: linear `name` of decoder layer `layer` (for unit structures, the
-    linear that reads the units, with the adapter's `units`)."""
+    linear that reads the units, with the adapter's `units`; for rows_cols, the layer's channels)."""
     layer: int
     name: str
     linear: nn.Linear

@@ -162,6 +162,19 @@ class Adapter:
                                list(range(len(mlp.inputs)))))
         return units
 
+    def channels(self, layer: nn.Module) -> list[Units]:
+        """The layer's single channels, as `Units` of one producer row each: value channel (g, j)
+        (row j of K/V group g's value head, read by column j of each query head of the group in
+        the output projection, kind "values") and each FFN neuron. A row/column structure frees
+        the rest of a channel once one slice of it is gone."""
+        att = self.attention(layer)
+        rep, hd = att.num_heads // att.num_kv_heads, att.head_dim
+        v_rows = torch.arange(att.num_kv_heads * hd).view(-1, 1)
+        heads = torch.arange(att.num_heads).view(att.num_kv_heads, 1, rep)
+        o_cols = (heads * hd + torch.arange(hd).view(1, hd, 1)).reshape(-1, rep)  # (g, j) -> its rep columns
+        values = Units("values", att.o, o_cols, [att.v], [v_rows], [0], rep)
+        return [values] + [u for u in self.units(layer) if u.kind.startswith("neurons")]
+
     def linear_names(self, layer: nn.Module, roles) -> list[str]:
         """Module names (in the whole model) of a layer's linears by role (ROLES) - what peft's
         LoRA `target_modules` takes."""
