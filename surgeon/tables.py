@@ -89,7 +89,7 @@ def _preset(method: str) -> dict:
 
 def label(r: dict, budget: bool = False) -> str:
     """The row name: the method, plus what departs from its preset (allocation or update swapped, ratio curve, prompt, N:M fill
-    and selection, K-FAC's output damping and Fisher; with `budget`, the calibration size, for
+    and selection, rows/columns without coupled channels, K-FAC's output damping and Fisher; with `budget`, the calibration size, for
     tables that mix sizes: `several_budgets`), so variants of one method get rows of their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
@@ -105,6 +105,8 @@ def label(r: dict, budget: bool = False) -> str:
     fill = structure.get("fill", "groups")
     if fill != "groups" and sched.get("name") == "linear":  # how the shots approached N:M
         tags.append({"elements": "element fill", "pattern": "pattern fill"}.get(fill, f"{fill} fill"))
+    if structure.get("name") == "rows_cols" and not structure.get("coupled", False):  # runs before it existed too
+        tags.append("uncoupled")
     if structure.get("select") == "sequential":  # only runs with method.update=correlated pass the checks
         tags.append("sequential N:M")
     if curv.get("name") == "kfac" and curv.get("damp_g") != _KFAC_DAMP_G:

@@ -166,6 +166,9 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
     per_layer = res(method={"allocation": "layer"}, curvature={"damp_g": 1.0})  # the global threshold ablated
     assert tables.label(per_layer) == "llm_surgeon (allocation layer, damp_g 1.0)"
     assert tables.label(res(method={"update": "none"})) == "llm_surgeon (update none)"
+    rows_cols = {"name": "rows_cols"}  # (the nm keys of res() are left at their defaults)
+    assert tables.label(res(structure={**rows_cols, "coupled": True})) == "llm_surgeon"
+    assert tables.label(res(structure=rows_cols)) == "llm_surgeon (uncoupled)"  # run before structure.coupled
 
 
 def _wandb_records(path):
