@@ -3,8 +3,9 @@ built in code, fingerprinted by the masks and weights it saves.
 
 The fingerprints in golden_prune.json were recorded before the pruning step was redesigned; the
 test (test_golden.py) reruns every case through `surgeon.run.execute` and compares. Masks must be
-identical, weights and perplexities equal to 1e-4 relative (other CPUs order float sums differently). Record anew (only after a change
-that is meant to move results, and say why in the commit):
+identical, weights and perplexities equal to 1e-4 relative (other CPUs order float sums
+differently). Record anew (only after a change that is meant to move results, and say why in the
+commit):
 
     python -m tests.golden --record [case ...]
 """
