@@ -318,6 +318,28 @@ def test_nm_pattern_fill_tightens_every_group_each_shot_to_the_target():
         previous = masks
 
 
+def test_nm_pattern_fill_between_two_patterns_tightens_the_groups_whose_next_weight_is_cheapest():
+    """2:4 over four shots: half the groups 3:4, all 3:4, half 2:4, all 2:4; every shot reaches its
+    sparsity exactly and keeps the last one's zeros."""
+    costs = [torch.rand(8, 16), torch.rand(4, 32) * 3]
+    structure, previous = NM(2, 4, "pattern"), None
+    for shot, counts in zip(range(1, 5), ({0, 1}, {1}, {1, 2}, {2})):
+        masked = costs if previous is None else [c.masked_fill(m, 0.0) for c, m in zip(costs, previous)]
+        masks = structure.select(masked, shot * 0.5 / 4, "global")
+        per_group = torch.cat([m.reshape(-1, 4).sum(1) for m in masks])
+        assert set(per_group.tolist()) == counts and per_group.sum() == shot * per_group.numel() // 2
+        ranks = torch.cat([c.reshape(-1, 4).sort(1).values for c in masked])  # each group's costs, cheapest first
+        k = min(counts)
+        if len(counts) > 1:  # the groups that lose one more are those whose (k+1)-th weight is cheapest
+            assert ranks[per_group > k, k].max() <= ranks[per_group == k, k].min()
+        for c, m in zip(masked, masks):  # within a group, its cheapest weights go
+            rank, gone = c.reshape(-1, 4).argsort(1).argsort(1), m.reshape(-1, 4)
+            assert (rank < gone.sum(1, keepdim=True))[gone].all()
+        if previous is not None:
+            assert all((m | ~p).all() for m, p in zip(masks, previous))
+        previous = masks
+
+
 def test_nm_pattern_fill_over_two_shots_of_a_correlated_step_holds_3_4_then_2_4():
     model = tiny_model("tiny_llama")
     adapter = adapter_for(model)

@@ -8,9 +8,11 @@ A multi-shot schedule reaches the pattern through intermediate sparsities, and `
             Surgeon reference); the last shot must then force every remaining, costliest group.
   elements: each shot removes the cheapest single weights, at most M-N per group (each group's
             cheapest), so the last shot only completes the groups that are still short;
-  pattern:  each shot tightens the pattern of every group: a shot to sparsity s leaves
-            M - round(s M) weights of every M (2:4 over two shots: 3:4, then 2:4; 4:8 over four:
-            7:8, 6:8, 5:8, 4:8), so no shot forces the costliest groups all at once.
+  pattern:  each shot tightens the pattern of every group: a shot to sparsity s removes
+            floor(s M) weights of every M, and one more in the groups whose next weight is
+            cheapest until s is reached (2:4 over two shots: 3:4, then 2:4; over four: half the
+            groups 3:4, all 3:4, half 2:4, all 2:4; 4:8 over four: 7:8, 6:8, 5:8, 4:8), so no
+            shot forces the costliest groups all at once.
 One-shot methods see only the final pattern, where the two agree.
 
 `select` says how a correlated (K-FAC) step picks the weights of the shot that completes it:
@@ -74,9 +76,15 @@ class NM(Unstructured):
         n, m = self.n, self.m
         groups = [c.reshape(c.shape[0], -1, m) for c in costs]
         if self.fill == "pattern":  # every group to the shot's own pattern (earlier zeros cost 0: kept)
-            k = min(m - n, round(sparsity * m))
-            return [torch.zeros_like(g, dtype=torch.bool).scatter_(2, torch.topk(g, k, dim=2, largest=False).indices, True)
-                    .reshape(c.shape) for g, c in zip(groups, costs)]
+            share = min(m - n, sparsity * m)  # weights per group, on average
+            k = int(share + 1e-6)
+            ranked = [g.sort(dim=2) for g in groups]
+            extra = (cheapest([r.values[..., k] for r in ranked], share - k, scope) if share - k > 1e-6
+                     else [torch.zeros_like(r.values[..., 0], dtype=torch.bool) for r in ranked])
+            drop = torch.arange(m) < k  # by rank within the group; rank k also goes in the chosen groups
+            return [torch.zeros_like(g, dtype=torch.bool)
+                    .scatter_(2, r.indices, drop | ((torch.arange(m) == k) & e.unsqueeze(2)))
+                    .reshape(c.shape) for g, r, e, c in zip(groups, ranked, extra, costs)]
         drop = [torch.topk(g, m - n, dim=2, largest=False) for g in groups]
         if self.fill == "elements" and not self.completes(sparsity):
             allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
