@@ -78,13 +78,18 @@ class NM(Unstructured):
         if self.fill == "pattern":  # every group to the shot's own pattern (earlier zeros cost 0: kept)
             share = min(m - n, sparsity * m)  # weights per group, on average
             k = int(share + 1e-6)
-            ranked = [g.sort(dim=2) for g in groups]
-            extra = (cheapest([r.values[..., k] for r in ranked], share - k, scope) if share - k > 1e-6
-                     else [torch.zeros_like(r.values[..., 0], dtype=torch.bool) for r in ranked])
-            drop = torch.arange(m) < k  # by rank within the group; rank k also goes in the chosen groups
-            return [torch.zeros_like(g, dtype=torch.bool)
-                    .scatter_(2, r.indices, drop | ((torch.arange(m) == k) & e.unsqueeze(2)))
-                    .reshape(c.shape) for g, r, e, c in zip(groups, ranked, extra, costs)]
+            between = share - k > 1e-6  # then the groups whose (k+1)-th weight is cheapest lose it too
+            extra = (cheapest([torch.topk(g, k + 1, dim=2, largest=False).values[..., k] for g in groups],
+                              share - k, scope) if between else [None] * len(groups))
+            masks = []
+            for g, e, c in zip(groups, extra, costs):  # one tensor's indices at a time: they are int64
+                mask = torch.zeros_like(g, dtype=torch.bool)
+                idx = torch.topk(g, k + between, dim=2, largest=False).indices
+                mask.scatter_(2, idx[..., :k], True)
+                if between:
+                    mask.scatter_(2, idx[..., k:], e.unsqueeze(2))
+                masks.append(mask.reshape(c.shape))
+            return masks
         drop = [torch.topk(g, m - n, dim=2, largest=False) for g in groups]
         if self.fill == "elements" and not self.completes(sparsity):
             allowed = [torch.full_like(g, float("inf")).scatter_(2, d.indices, d.values).reshape(c.shape)
