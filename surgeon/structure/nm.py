@@ -79,8 +79,8 @@ class NM(Unstructured):
             share = min(m - n, sparsity * m)  # weights per group, on average
             k = int(share + 1e-6)
             between = share - k > 1e-6  # then the groups whose (k+1)-th weight is cheapest lose it too
-            extra = (cheapest([torch.topk(g, k + 1, dim=2, largest=False).values[..., k] for g in groups],
-                              share - k, scope) if between else [None] * len(groups))
+            extra = (cheapest([torch.kthvalue(g, k + 1, dim=2).values for g in groups], share - k, scope)
+                     if between else [None] * len(groups))
             masks = []
             for g, e, c in zip(groups, extra, costs):  # one tensor's indices at a time: they are int64
                 mask = torch.zeros_like(g, dtype=torch.bool)
