@@ -137,11 +137,11 @@ def run_case(case: str) -> dict:
 
 def mismatches(want: dict, got: dict) -> list[str]:
     """What differs between two results beyond float-order noise: masks exactly, the rest to REL."""
-    def close(a, b, scale):
-        return abs(a - b) <= REL * scale
+    def close(a, b, scale, rel=REL):
+        return abs(a - b) <= rel * scale
 
     out = []
-    if not close(got["achieved_sparsity"], want["achieved_sparsity"], 1e-5 * abs(want["achieved_sparsity"])):
+    if not close(got["achieved_sparsity"], want["achieved_sparsity"], abs(want["achieved_sparsity"]), rel=1e-9):
         out.append(f"achieved_sparsity {got['achieved_sparsity']} != {want['achieved_sparsity']}")
     for corpus in sorted(set(want["ppl"]) | set(got["ppl"])):
         a, b = got["ppl"].get(corpus), want["ppl"].get(corpus)
