@@ -164,7 +164,10 @@ def mismatches(want: dict, got: dict) -> list[str]:
 def run_case_as(cpu: str, case: str) -> dict:
     env = {**os.environ, **OTHER_CPUS[cpu]}
     proc = subprocess.run([sys.executable, "-m", "tests.golden", "--print", case], env=env, text=True,
-                          capture_output=True, cwd=Path(__file__).parent.parent, check=True)
+                          capture_output=True, cwd=Path(__file__).parent.parent)
+    if proc.returncode:  # the output was captured to keep the recorder quiet: show why the child died
+        tail = "\n".join(proc.stderr.splitlines()[-15:])
+        raise SystemExit(f"case {case} failed as the {cpu} CPU (exit {proc.returncode}):\n{tail}")
     return json.loads(proc.stdout.splitlines()[-1])
 
 

@@ -25,3 +25,8 @@ def test_comparison_ignores_float_order_noise_and_reports_a_moved_zero_pattern()
     assert golden.mismatches(want, moved) == ["w: the zero pattern moved (2 zeros, recorded 2)"]
     drifted = {**want, "ppl": {"wiki": 101.0}}
     assert golden.mismatches(want, drifted) == ["ppl[wiki] 101.0 != 100.0"]
+
+
+def test_a_child_that_crashes_as_another_cpu_reports_its_own_error():
+    with pytest.raises(SystemExit, match=r"(?s)failed as the scalar CPU.*KeyError: 'no_such_case'"):
+        golden.run_case_as("scalar", "no_such_case")
