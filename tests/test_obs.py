@@ -116,3 +116,33 @@ def test_one_cost_formula_gives_each_methods_saliency():
     g, a = torch.rand(4) + 0.1, torch.rand(16) + 0.1
     torch.testing.assert_close(costs(W, Kron.of(g, a)), 0.5 * W ** 2 * torch.outer(g, a))
     torch.testing.assert_close(costs(W, Kron.of(torch.diag(g), torch.diag(a))), 0.5 * W ** 2 * torch.outer(g, a))
+
+
+def test_float64_statistics_give_the_double_precision_sweep_whatever_the_batching():
+    """`curvature.dtype=float64`: float32 layer inputs, fed in any batching, give SparseGPT's sweep
+    as computed wholly in double precision (masks equal, weights to float32 rounding); float32
+    statistics land further from it."""
+    X = correlated_inputs(96, 1200, seed=3)
+    X[:, 1::2] = X[:, ::2] + 1e-2 * X[:, 1::2]  # nearly collinear pairs: H is ill-conditioned
+    W0 = torch.randn(24, 96, generator=torch.Generator().manual_seed(4))
+    H = 2 * X.double().T @ X.double() / len(X)
+    H += 0.01 * torch.diag(H).mean() * torch.eye(96, dtype=torch.float64)
+    ref, ref_removed = obs_prune(W0.double(), torch.linalg.inv(H), Unstructured(), 0.5, blocksize=32)
+
+    def pruned(dtype, batches):
+        lin = torch.nn.Linear(96, 24, bias=False)
+        lin.weight.data.copy_(W0)
+        curv = Hessian({"w": lin}, curvature_cfg("hessian", dtype=dtype))
+        for x in X.chunk(batches):
+            curv.add_batch(x)
+        Unstructured().solve([Target(0, "w", lin)], lambda t: curv.factors("w"), 0.5,
+                             method_cfg(allocation="layer", blocksize=32), "obs")
+        return lin.weight.data
+
+    for batches in (1, 7):
+        W = pruned("float64", batches)
+        assert W.dtype == torch.float32
+        assert torch.equal(W == 0, ref_removed)
+        torch.testing.assert_close(W, ref.float(), rtol=1e-6, atol=1e-7)
+    err = {d: (pruned(d, 7).double() - ref).abs().max().item() for d in ("float32", "float64")}
+    assert err["float64"] < err["float32"] / 10, err

@@ -6,7 +6,7 @@ factors: G = I, A = H, damped by `damp` x mean(diag H). q/k/v (and gate/up) shar
 """
 import torch
 
-from surgeon.curvature.base import Curvature, add_gram, non_negative, symmetric
+from surgeon.curvature.base import Curvature, add_gram, non_negative, one_of, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
@@ -14,13 +14,15 @@ class Hessian(Curvature):
     @classmethod
     def check(cls, cfg):
         non_negative(cfg, "damp")
+        one_of(cfg, "dtype", ("float32", "float64"))
 
     def __init__(self, linears, cfg):
         super().__init__(linears, cfg)
-        self._H = torch.zeros(self.in_features, self.in_features, dtype=torch.float32, device=self.device)
+        self._H = torch.zeros(self.in_features, self.in_features, dtype=getattr(torch, cfg.dtype),
+                              device=self.device)
 
     def add_batch(self, inp):
-        x = self.flat(inp)
+        x = self.flat(inp).to(self._H.dtype)
         k = x.shape[0]
         # a running mean keeps H at the scale of one token whatever the calibration size
         self._H *= self.tokens / (self.tokens + k)

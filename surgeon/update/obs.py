@@ -71,7 +71,8 @@ def group_costs(W: torch.Tensor, Hinv: torch.Tensor, groups: torch.Tensor) -> to
 
 def batched_greedy(W, Hinv, groups, n_remove: int, batches, update: bool):
     """Removes `n_remove` of `groups` ((n, s) column indices) from W. Returns (W, removed ids)."""
-    W, Hinv = W.clone().float(), Hinv.clone().float()
+    dtype = torch.promote_types(Hinv.dtype, torch.float32)  # float64 where `curvature.dtype` asks
+    W, Hinv = W.clone().to(dtype), Hinv.clone().to(dtype)
     alive = torch.ones(len(groups), dtype=torch.bool)
     removed: list[int] = []
     for b in batches:
