@@ -89,8 +89,9 @@ def _preset(method: str) -> dict:
 
 def label(r: dict, budget: bool = False) -> str:
     """The row name: the method, plus what departs from its preset (allocation or update swapped, ratio curve, prompt, N:M fill
-    and selection, rows/columns without coupled channels, K-FAC's output damping and Fisher; with `budget`, the calibration size, for
-    tables that mix sizes: `several_budgets`), so variants of one method get rows of their own."""
+    and selection, rows/columns without coupled channels, K-FAC's output damping and Fisher, the Hessian's precision; with
+    `budget`, the calibration size, for tables that mix sizes: `several_budgets`), so variants of one method get rows of
+    their own."""
     cfg = r.get("config", {})
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
@@ -113,6 +114,8 @@ def label(r: dict, budget: bool = False) -> str:
         tags.append(f"damp_g {curv.get('damp_g')}")
     if curv.get("name") == "kfac" and fisher_kind(curv) == "true":  # stored as a YAML boolean
         tags.append("true Fisher")
+    if curv.get("dtype", "float32") != "float32":  # the layer Hessian in double precision
+        tags.append(curv["dtype"])
     if cfg.get("layer_sparsity", {}).get("name", "uniform") != "uniform":
         tags.append(cfg["layer_sparsity"]["name"].upper())
     if r.get("recovery"):

@@ -169,6 +169,10 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
     rows_cols = {"name": "rows_cols"}  # (the nm keys of res() are left at their defaults)
     assert tables.label(res(structure={**rows_cols, "coupled": True})) == "llm_surgeon"
     assert tables.label(res(structure=rows_cols)) == "llm_surgeon (uncoupled)"  # run before structure.coupled
+    double = {"method": "sparsegpt", "config": {"method": {"name": "sparsegpt"},
+                                                "curvature": {"name": "hessian", "dtype": "float64"}}}
+    assert tables.label(double) == "sparsegpt (float64)"
+    assert tables.label({**double, "config": {"curvature": {"name": "hessian", "dtype": "float32"}}}) == "sparsegpt"
 
 
 def _wandb_records(path):
