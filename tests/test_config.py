@@ -82,6 +82,7 @@ def test_method_presets_pick_curvature_but_command_line_wins(compose_cfg):
     (["method=wanda", "curvature.source=bogus"], "curvature.source 'bogus' is not one of activations, kfac, fisher"),
     (["method=llm_surgeon", "curvature.store=nowhere"], "curvature.store 'nowhere' is not one of device, cpu, disk"),
     (["method=sparsegpt", "curvature.dtype=float16"], "curvature.dtype 'float16' is not one of float32, float64"),
+    (["method=llm_surgeon", "curvature.dtype=half"], "curvature.dtype 'half' is not one of float32, float64"),
     (["method=slimgpt", "schedule.curve=bogus"], "schedule.curve 'bogus' is not one of log, linear, uniform"),
     (["method=llm_surgeon", "curvature.damp_g=-1"], "curvature.damp_g must be >= 0, got -1"),
     (["method=llm_surgeon", "method.max_correlate=-5"], "method.max_correlate must be >= 0"),

@@ -520,3 +520,48 @@ def test_lora_correction_between_shots_lowers_loss_and_keeps_the_zeros():
     assert any(not torch.equal(before[k], lin.weight) for k, lin in linears.items())  # survivors moved
     for layer in adapter.layers():
         assert all(type(m) is torch.nn.Linear for m in adapter.prunable_linears(layer).values())
+
+
+@pytest.mark.parametrize("batches", [1, 7])
+def test_float64_factors_give_the_double_precision_correlated_step_whatever_the_batching(batches):
+    """`curvature.dtype=float64`: float32 inputs and output gradients, fed in any batching, give
+    K-FAC's factors and its correlated OBS step as computed wholly in double precision (masks
+    equal, weights to float32 rounding); float32 factors land further from it."""
+    from types import SimpleNamespace
+
+    from surgeon.structure.base import weight
+
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(3000, 48, generator=gen)
+    X[:, 1::2] = X[:, ::2] + 1e-2 * X[:, 1::2]                            # nearly collinear: A ill-conditioned
+    D = torch.randn(3000, 16, generator=gen) * torch.logspace(0, -3, 16)  # gradients over three orders
+    lin = torch.nn.Linear(48, 16)
+    a = torch.cat([X.double(), torch.ones(3000, 1, dtype=torch.float64)], 1)
+    A, G = a.T @ a / 3000, D.double().T @ D.double() / 3000
+    structure, opts = Unstructured(), method_cfg(max_correlate=0)
+
+    def step(W, f):
+        mask = structure.select([structure.costs(W, f)], 0.5, "layer")[0]
+        return structure.remove(W.clone(), mask, f, "correlated", opts, 0.5)[0]
+
+    W0 = torch.cat([lin.weight.data, lin.bias.data.unsqueeze(1)], 1)
+    ref = step(W0.double(), Kron.of(G, A, damp_g=0.1, damp_a=0.01, bias=True))
+
+    def pruned(dtype):
+        curv = KFAC({"w": lin}, curvature_cfg("kfac", damp=0.01, damp_g=0.1, dtype=dtype))
+        for x, d in zip(X.chunk(batches), D.chunk(batches)):
+            curv.add_batch(x)
+            curv.add_grad("w", d)
+        f = curv.factors("w")
+        W = weight(SimpleNamespace(linear=lin), f)
+        assert W.dtype == f.dtype == getattr(torch, dtype)
+        if dtype == "float64":
+            torch.testing.assert_close(curv.A("w"), A, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(curv.G("w"), G, rtol=1e-12, atol=1e-15)
+        return step(W, f)
+
+    W = pruned("float64")
+    assert torch.equal(W == 0, ref == 0)
+    torch.testing.assert_close(W.float(), ref.float(), rtol=1e-6, atol=1e-7)
+    err = {d: (pruned(d).double() - ref).abs().max().item() for d in ("float32", "float64")}
+    assert err["float64"] < err["float32"] / 10, err

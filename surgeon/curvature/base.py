@@ -108,19 +108,19 @@ class Curvature:
         """Forget the input factor (and inverse): decisions over many linears hold one at a time."""
         self._input = None
 
-    def buffer(self, *shape: int) -> torch.Tensor:
-        """A zeroed float32 statistics buffer where `cfg.store` says: on the linears' device,
+    def buffer(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A zeroed statistics buffer where `cfg.store` says: on the linears' device,
         in CPU memory, or in a memory-mapped file under $TMPDIR (disk: the page cache holds what
         fits and the kernel writes the rest out, so host memory stays bounded; the file is
         unlinked at once and vanishes with the tensor)."""
         if self.cfg.store == "device":
-            return torch.zeros(*shape, dtype=torch.float32, device=self.device)
+            return torch.zeros(*shape, dtype=dtype, device=self.device)
         if self.cfg.store == "cpu":
-            return torch.zeros(*shape, dtype=torch.float32)
-        fd, path = tempfile.mkstemp(prefix="surgeon-curvature-", suffix=".f32")
+            return torch.zeros(*shape, dtype=dtype)
+        fd, path = tempfile.mkstemp(prefix="surgeon-curvature-", suffix=".bin")
         os.close(fd)
         try:
-            return torch.from_file(path, shared=True, size=math.prod(shape), dtype=torch.float32).view(*shape)
+            return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(*shape)
         finally:
             os.unlink(path)
 

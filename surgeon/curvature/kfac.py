@@ -7,15 +7,23 @@ Both are sums of symmetric products, accumulated as upper triangles (`add_gram`:
 Gradients come from a forward+backward pass of the whole model over the calibration windows:
 the empirical Fisher (true next tokens) by default, or the true Fisher (`fisher: true`: labels
 sampled from the model's own softmax). `damp` damps A, `damp_g` damps G, relative to their mean.
+`dtype: float64` sums, inverts and solves in double precision (gradients and activations stay
+float32): the factors of a 65k-token calibration span many orders of magnitude, and float32 sums
+depend on the summation order, so on the thread count.
 """
 import torch
 
-from surgeon.curvature.base import Curvature, add_gram, symmetric
+from surgeon.curvature.base import Curvature, add_gram, one_of, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
 class KFAC(Curvature):
     gradient_stats = True
+
+    @classmethod
+    def check(cls, cfg):
+        super().check(cfg)
+        one_of(cfg, "dtype", ("float32", "float64"))
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:
@@ -26,19 +34,20 @@ class KFAC(Curvature):
         self.bias = any(lin.bias is not None for lin in linears.values())
         n_in = self.in_features + int(self.bias)
         # sums, not running means: one add per micro-batch, however far away the store is
-        self.A_sum = self.buffer(n_in, n_in)
-        self.G_sum = {n: self.buffer(lin.out_features, lin.out_features) for n, lin in linears.items()}
+        dtype = getattr(torch, cfg.dtype)
+        self.A_sum = self.buffer(n_in, n_in, dtype=dtype)
+        self.G_sum = {n: self.buffer(lin.out_features, lin.out_features, dtype=dtype) for n, lin in linears.items()}
         self.grad_tokens = dict.fromkeys(linears, 0)
 
     def add_batch(self, inp):
-        a = self.flat(inp)
+        a = self.flat(inp).to(self.A_sum.dtype)
         if self.bias:
             a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
         add_gram(self.A_sum, a)
         self.tokens += a.shape[0]
 
     def add_grad(self, name, grad_out):
-        g = self.flat(grad_out)
+        g = self.flat(grad_out).to(self.G_sum[name].dtype)
         add_gram(self.G_sum[name], g)
         self.grad_tokens[name] += g.shape[0]
 

@@ -90,6 +90,12 @@ class Kron:
         return cls(Factor(G, damp_g), Factor(A, damp_a), bias)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The precision costs and updates are computed in: float32, or the factors' if wider."""
+        ms = [m for m in (self.G.M, self.A.M, self.exact) if m is not None]
+        return torch.promote_types(ms[0].dtype, torch.float32) if ms else torch.float32
+
+    @property
     def dead(self) -> torch.Tensor | None:
         """Inputs that never fired: their weights never matter."""
         return self.A.dead

@@ -157,10 +157,11 @@ def kth_smallest(costs: list[torch.Tensor], k: int, sample: int = 1 << 20):
 
 
 def weight(target, kron) -> torch.Tensor:
-    """The weight as the factors price it: float, with the bias column last where A has one."""
-    W = target.linear.weight.data.float()
+    """The weight as the factors price it: in their precision (at least float32), with the bias
+    column last where A has one."""
+    W = target.linear.weight.data.to(kron.dtype)
     if kron.bias:
-        W = torch.cat([W, target.linear.bias.data.float().unsqueeze(1)], dim=1)
+        W = torch.cat([W, target.linear.bias.data.to(kron.dtype).unsqueeze(1)], dim=1)
     return W
 
 
