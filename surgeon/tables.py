@@ -114,7 +114,7 @@ def label(r: dict, budget: bool = False) -> str:
         tags.append(f"damp_g {curv.get('damp_g')}")
     if curv.get("name") == "kfac" and fisher_kind(curv) == "true":  # stored as a YAML boolean
         tags.append("true Fisher")
-    if curv.get("dtype", "float32") != "float32":  # the layer Hessian in double precision
+    if curv.get("dtype", "float32") != "float32":  # statistics and solves in double precision
         tags.append(curv["dtype"])
     if cfg.get("layer_sparsity", {}).get("name", "uniform") != "uniform":
         tags.append(cfg["layer_sparsity"]["name"].upper())
