@@ -29,13 +29,16 @@ METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", 
 
 
 def load_results(dirs) -> list[dict]:
-    """Every results.json under `dirs`, each with where it came from (`_path`, `_mtime`)."""
+    """Every results.json under `dirs`, each with where it came from (`_path`) and when (`_when`)."""
     found = []
     for d in dirs:
         d = Path(d)
         paths = [d] if d.is_file() else sorted(d.rglob("results.json"))
         for p in paths:
-            found.append({**json.loads(p.read_text()), "_path": str(p), "_mtime": p.stat().st_mtime})
+            r = json.loads(p.read_text())
+            # which of two runs of one cell is newer: the date results.json records (runs before it
+            # was recorded sort first, by path), never the file's time, which a checkout resets
+            found.append({**r, "_path": str(p), "_when": (r.get("environment") or {}).get("date", "")})
     return found
 
 
@@ -57,13 +60,13 @@ class Seeds(float):
 
 
 def merge(runs: list[tuple[int, float, object, str]], what: str):
-    """One cell from the runs that measured it: (seed, time, value, source) each."""
+    """One cell from the runs that measured it: (seed, date, value, source) each."""
     by_seed = defaultdict(list)
-    for seed, mtime, value, source in runs:
-        by_seed[seed].append((mtime, value, source))
+    for seed, when, value, source in runs:
+        by_seed[seed].append((when, value, source))
     kept = {}
     for seed, same in by_seed.items():
-        same.sort()
+        same.sort(key=lambda x: (x[0], x[2]))  # date, then path: the same pick on every checkout
         if len(same) > 1:
             print(f"warning: {len(same)} runs of {what} with seed {seed} ({', '.join(s for _, _, s in same)}): "
                   f"the newest ({same[-1][2]}) is shown", file=sys.stderr)
@@ -164,7 +167,7 @@ def build(results: list[dict]) -> dict:
             for name, pts in rows(r, budget):
                 for col, ppl in pts:
                     if corpus in ppl:
-                        cells[name][col].append((r.get("seed", 0), r.get("_mtime", 0), ppl[corpus],
+                        cells[name][col].append((r.get("seed", 0), r.get("_when", ""), ppl[corpus],
                                                  r.get("_path", "?")))
                         dense = r["ppl_dense"][corpus]
         table = {name: {col: merge(runs, f"{name} {col} ({corpus})") for col, runs in row.items()}
@@ -199,7 +202,7 @@ def zero_shot(results: list[dict]) -> dict | None:
         if r.get("zero_shot_dense"):
             table["dense"] = {**r["zero_shot_dense"]["primary"], "mean": r["zero_shot_dense"]["mean"]}
         for task, acc in {**r["zero_shot"]["primary"], "mean": r["zero_shot"]["mean"]}.items():
-            cells[f"{label(r, budget)}, {setting(r)}"][task].append((r.get("seed", 0), r.get("_mtime", 0), acc,
+            cells[f"{label(r, budget)}, {setting(r)}"][task].append((r.get("seed", 0), r.get("_when", ""), acc,
                                                                r.get("_path", "?")))
     for name, row in cells.items():
         table[name] = {task: merge(runs, f"{name} {task}") for task, runs in row.items()}

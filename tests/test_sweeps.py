@@ -133,10 +133,10 @@ def test_results_follow_the_umask(tmp_path):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o640
 
 
-def _result(tmp_path, name, model, ppl, seed=0, sparsity=0.5, tokens=4096):
+def _result(tmp_path, name, model, ppl, seed=0, sparsity=0.5, tokens=4096, date=None):
     d = tmp_path / name
     d.mkdir(parents=True)
-    (d / "results.json").write_text(json.dumps({
+    (d / "results.json").write_text(json.dumps({**({"environment": {"date": date}} if date else {}),
         "model": model, "method": "magnitude", "structure": "unstructured", "target_sparsity": sparsity,
         "seed": seed, "ppl": {"ptb": ppl}, "ppl_dense": {"ptb": 20.0 if model == "smollm2_135m" else 49117.0},
         "config": {"model": {"dtype": "float32"}},
@@ -174,6 +174,19 @@ def test_tables_never_silently_replace_a_duplicate(tmp_path, capsys):
     assert "warning: 2 runs of magnitude unstructured 50% (ptb) with seed 0" in err
     assert "y/new/results.json) is shown" in err
     assert "| magnitude | **646.41** | **105.00 ± 7.07 (n=2)** |" in md
+
+
+def test_tables_pick_the_newer_duplicate_by_its_recorded_date_not_its_file_time(tmp_path, capsys):
+    """A checkout gives every file a new time, so the pick must come from results.json: its date,
+    and for runs from before dates were recorded, the path."""
+    from surgeon import tables
+
+    _result(tmp_path, "a/new", "smollm2_135m", 250.41, date="2026-12-07T11:58:37+0000")
+    _result(tmp_path, "b/old", "smollm2_135m", 253.20, date="2026-12-01T09:00:00+0000")  # written last
+    _result(tmp_path, "c/undated", "smollm2_135m", 260.0)
+    tables.main([str(tmp_path)])
+    assert "a/new/results.json) is shown" in capsys.readouterr().err
+    assert "| magnitude | **250.41** |" in (tmp_path / "tables.md").read_text()
 
 
 def test_allocation_plot_of_a_flat_allocation_has_no_offset_axis(tmp_path):

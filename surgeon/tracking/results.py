@@ -137,7 +137,8 @@ def _cpu_model() -> str:
 
 
 def environment(device) -> dict:
-    """Where a run ran: commit, package versions, CPU, cores, accelerator."""
+    """Where and when a run ran: commit, package versions, CPU, cores, accelerator, and the UTC time
+    it was recorded (what tables order duplicates by: file times change with every checkout)."""
     import torch
 
     versions = {}
@@ -147,7 +148,8 @@ def environment(device) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     commit = _START["commit"] if "commit" in _START else _git_commit()
-    return {"commit": commit, "python": platform.python_version(), "packages": versions,
+    return {"commit": commit, "date": time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime()),
+            "python": platform.python_version(), "packages": versions,
             "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
