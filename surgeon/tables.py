@@ -59,7 +59,7 @@ class Seeds(float):
         return self
 
 
-def merge(runs: list[tuple[int, float, object, str]], what: str):
+def merge(runs: list[tuple[int, str, object, str]], what: str):
     """One cell from the runs that measured it: (seed, date, value, source) each."""
     by_seed = defaultdict(list)
     for seed, when, value, source in runs:

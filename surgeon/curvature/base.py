@@ -22,6 +22,7 @@ from surgeon.curvature.kron import Factor, Kron
 from surgeon.errors import SurgeonError
 
 STORES = ("device", "cpu", "disk")
+DTYPES = ("float32", "float64")  # curvature.dtype: the precision of statistics, inverses and solves
 
 
 def add_gram(total: torch.Tensor, x: torch.Tensor) -> None:

@@ -6,7 +6,7 @@ factors: G = I, A = H, damped by `damp` x mean(diag H). q/k/v (and gate/up) shar
 """
 import torch
 
-from surgeon.curvature.base import Curvature, add_gram, non_negative, one_of, symmetric
+from surgeon.curvature.base import DTYPES, Curvature, add_gram, non_negative, one_of, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
@@ -14,7 +14,7 @@ class Hessian(Curvature):
     @classmethod
     def check(cls, cfg):
         non_negative(cfg, "damp")
-        one_of(cfg, "dtype", ("float32", "float64"))
+        one_of(cfg, "dtype", DTYPES)
 
     def __init__(self, linears, cfg):
         super().__init__(linears, cfg)

@@ -13,7 +13,7 @@ depend on the summation order, so on the thread count.
 """
 import torch
 
-from surgeon.curvature.base import Curvature, add_gram, one_of, symmetric
+from surgeon.curvature.base import DTYPES, Curvature, add_gram, one_of, symmetric
 from surgeon.curvature.kron import Factor, Kron
 
 
@@ -23,7 +23,7 @@ class KFAC(Curvature):
     @classmethod
     def check(cls, cfg):
         super().check(cfg)
-        one_of(cfg, "dtype", ("float32", "float64"))
+        one_of(cfg, "dtype", DTYPES)
 
     @classmethod
     def uses_gradients(cls, cfg) -> bool:
