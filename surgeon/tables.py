@@ -84,14 +84,20 @@ def setting(r: dict, sparsity: float | None = None) -> str:
 
 @functools.lru_cache
 def _preset(method: str) -> dict:
-    """What a method preset (conf/method/<name>.yaml) fixes under `method:`; {} for none. Read once
+    """What a method preset (conf/method/<name>.yaml) fixes under `method:`, and its curvature; {} for none. Read once
     per method: `label` runs for every row of every table."""
     path = CONF_DIR / "method" / f"{method}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)).get("method", {}) if path.exists() else {}
+    if not path.exists():
+        return {}
+    conf = OmegaConf.to_container(OmegaConf.load(path))
+    # the curvature the preset composes (`- override /curvature: kfac` in its defaults)
+    curvature = [next(iter(d.values())) for d in conf.get("defaults", [])
+                 if isinstance(d, dict) and next(iter(d)).endswith("/curvature")]
+    return {**conf.get("method", {}), **({"curvature": curvature[0]} if curvature else {})}
 
 
 def label(r: dict, budget: bool = False) -> str:
-    """The row name: the method, plus what departs from its preset (allocation or update swapped, ratio curve, prompt, N:M fill
+    """The row name: the method, plus what departs from its preset (curvature, allocation or update swapped, ratio curve, prompt, N:M fill
     and selection, rows/columns without coupled channels, K-FAC's output damping and Fisher, the Hessian's precision; with
     `budget`, the calibration size, for tables that mix sizes: `several_budgets`), so variants of one method get rows of
     their own."""
@@ -99,6 +105,8 @@ def label(r: dict, budget: bool = False) -> str:
     sched, structure, curv = cfg.get("schedule", {}), cfg.get("structure", {}), cfg.get("curvature", {})
     tags = []
     preset = _preset(cfg.get("method", {}).get("name", ""))
+    if "curvature" in preset and curv.get("name", preset["curvature"]) != preset["curvature"]:
+        tags.append(f"curvature {curv['name']}")  # e.g. LLM Surgeon's schedule and update on the layer Hessian
     for part in ("allocation", "update"):  # a method's parts swapped on the command line (ablations)
         if part in preset and cfg["method"].get(part, preset[part]) != preset[part]:
             tags.append(f"{part} {cfg['method'][part]}")

@@ -166,6 +166,8 @@ def test_tables_label_every_departure_from_the_llm_surgeon_preset():
     per_layer = res(method={"allocation": "layer"}, curvature={"damp_g": 1.0})  # the global threshold ablated
     assert tables.label(per_layer) == "llm_surgeon (allocation layer, damp_g 1.0)"
     assert tables.label(res(method={"update": "none"})) == "llm_surgeon (update none)"
+    on_hessian = res(method={"allocation": "layer"}, curvature={"name": "hessian", "dtype": "float64"})
+    assert tables.label(on_hessian) == "llm_surgeon (curvature hessian, allocation layer, float64)"
     rows_cols = {"name": "rows_cols"}  # (the nm keys of res() are left at their defaults)
     assert tables.label(res(structure={**rows_cols, "coupled": True})) == "llm_surgeon"
     assert tables.label(res(structure=rows_cols)) == "llm_surgeon (uncoupled)"  # run before structure.coupled
