@@ -91,8 +91,8 @@ def _preset(method: str) -> dict:
         return {}
     conf = OmegaConf.to_container(OmegaConf.load(path))
     # the curvature the preset composes (`- override /curvature: kfac` in its defaults)
-    curvature = [next(iter(d.values())) for d in conf.get("defaults", [])
-                 if isinstance(d, dict) and next(iter(d)).endswith("/curvature")]
+    curvature = [group for d in conf.get("defaults", []) if isinstance(d, dict)
+                 for key, group in d.items() if key.endswith("/curvature")]
     return {**conf.get("method", {}), **({"curvature": curvature[0]} if curvature else {})}
 
 
