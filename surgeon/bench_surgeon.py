@@ -13,7 +13,9 @@ Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
 1024 / 2816, TinyLlama's 2048 / 5632): a shot removing 10% of each row, chunks of up to 500,
 random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
 (method.solve_batch=1) against batches of 64; with the loss each reaches,
-1/2 tr(dW^T G dW A), relative to the sequential one. Writes outputs/bench/surgeon_solve.{json,md}.
+1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed with the
+inverses in LAPACK's column-major storage (`layout` "column"), as they were before
+robust_cholesky_inverse handed them back by row. Writes outputs/bench/surgeon_solve.{json,md}.
 """
 import json
 import subprocess
@@ -42,13 +44,17 @@ SOLVE_SHAPES = [(1536, 576), (2816, 1024), (5632, 2048)]
 def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 500) -> list[dict]:
     import torch
 
+    from surgeon.curvature.kron import robust_cholesky_inverse
     from surgeon.update.correlated import correlated_update
 
     def spd(n, gen):
         X = torch.randn(n, 2048, generator=gen)
         F = X @ X.T / 2048
         F += 0.01 * F.diag().mean() * torch.eye(n)
-        return torch.linalg.inv(F), F
+        return robust_cholesky_inverse(F), F
+
+    def by_column(M):  # the same values in column-major storage
+        return M.T.contiguous().T
 
     rows_out = []
     for R, C in SOLVE_SHAPES:
@@ -58,14 +64,16 @@ def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 50
         mask = torch.rand(R, C, generator=gen).argsort(1) < int(fraction * C)  # a fraction of every row
         r, c = mask.nonzero(as_tuple=True)
         losses = {}
-        for b in batches:
+        for b, layout in [(b, "row") for b in batches] + [(batches[0], "column")]:
+            Gi, Ai = (Ginv, Ainv) if layout == "row" else (by_column(Ginv), by_column(Ainv))
             t = time.perf_counter()
-            new = correlated_update(W.clone(), Ginv, Ainv, r, c, max_correlate, b)
+            new = correlated_update(W.clone(), Gi, Ai, r, c, max_correlate, b)
             seconds = time.perf_counter() - t
             dW = new - W
-            losses[b] = 0.5 * float(((G @ dW @ A) * dW).sum())
-            rows_out.append({"shape": f"{R} x {C}", "removed": int(mask.sum()), "solve_batch": b,
-                             "seconds": round(seconds, 2), "loss_vs_sequential": round(losses[b] / losses[batches[0]], 5),
+            losses[b, layout] = 0.5 * float(((G @ dW @ A) * dW).sum())
+            rows_out.append({"shape": f"{R} x {C}", "removed": int(mask.sum()), "solve_batch": b, "layout": layout,
+                             "seconds": round(seconds, 2),
+                             "loss_vs_sequential": round(losses[b, layout] / losses[batches[0], "row"], 5),
                              "threads": torch.get_num_threads()})
             print(rows_out[-1], flush=True)
     return rows_out
