@@ -10,7 +10,7 @@ is its own:
 Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
 
 `--solve` times the correlated update alone on one matrix at growing shapes (SmolLM2's MLP,
-1024 / 2816, TinyLlama's 2048 / 5632): a shot removing 10% of each row, chunks of up to 500,
+1024 / 2816, TinyLlama's 2048 / 5632, and Qwen2.5-0.5B's down projection, 4864 inputs): a shot removing 10% of each row, chunks of up to 500,
 random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
 (method.solve_batch=1) against batches of 64; with the loss each reaches,
 1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed with the
@@ -38,7 +38,7 @@ def points():
             "model.layers=2", f"model.heads={heads}", f"model.kv_heads={max(1, heads // 2)}"]
 
 
-SOLVE_SHAPES = [(1536, 576), (2816, 1024), (5632, 2048)]
+SOLVE_SHAPES = [(1536, 576), (2816, 1024), (5632, 2048), (896, 4864)]  # the last: Qwen2.5-0.5B's down_proj
 
 
 def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 500) -> list[dict]:
