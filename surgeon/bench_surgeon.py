@@ -10,8 +10,8 @@ is its own:
 Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
 
 `--solve` times the correlated update alone on one matrix at growing shapes (SmolLM2's MLP,
-1024 / 2816, TinyLlama's 2048 / 5632, and Qwen2.5-0.5B's down projection, 4864 inputs): a shot removing 10% of each row, chunks of up to 500,
-random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
+1024 / 2816, TinyLlama's 2048 / 5632, Qwen2.5-0.5B's down projection with 4864 inputs): a shot
+removing 10% of each row, chunks of up to 500, random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
 (method.solve_batch=1) against batches of 64; with the loss each reaches,
 1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed with the
 inverses in LAPACK's column-major storage (`layout` "column"), as they were before
