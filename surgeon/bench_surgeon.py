@@ -11,10 +11,10 @@ Prints a table and writes outputs/bench/surgeon.json and surgeon.md.
 
 `--solve` times the correlated update alone on one matrix at growing shapes (SmolLM2's MLP,
 1024 / 2816, TinyLlama's 2048 / 5632, Qwen2.5-0.5B's down projection with 4864 inputs): a shot
-removing 10% of each row, chunks of up to 500, random SPD factors (Wishart from 2,048 samples, damped 1%), one chunk at a time
-(method.solve_batch=1) against batches of 64; with the loss each reaches,
-1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed with the
-inverses in LAPACK's column-major storage (`layout` "column"), as they were before
+removing 10% of each row, chunks of up to 500, random SPD factors (Wishart from 2,048 samples,
+damped 1%), one chunk at a time (method.solve_batch=1) against batches of 64; with the loss each
+reaches, 1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed
+with the inverses in LAPACK's column-major storage (`layout` "column"), as they were before
 robust_cholesky_inverse handed them back by row. Writes outputs/bench/surgeon_solve.{json,md}.
 """
 import json
