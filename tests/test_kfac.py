@@ -250,6 +250,41 @@ def test_correlated_update_never_splits_a_row_so_uncoupled_rows_are_exact(max_co
         torch.testing.assert_close(new, exact)
 
 
+@pytest.mark.parametrize("with_g", [True, False])
+def test_rows_losing_most_weights_solved_through_their_kept_set_give_the_same_update(with_g):
+    """Given A, a row that removes more than half its weights is solved through its kept set
+    (A_KK, not [A^-1]_SS): the same least-squares update, for rows alone in their chunk or
+    beside ordinary chunks, with G^-1 carrying each row's change to the others."""
+    R, C = 5, 8
+    torch.manual_seed(5)
+    W = torch.randn(R, C, dtype=torch.float64)
+    G, A = (_spd(R, 6) if with_g else torch.eye(R, dtype=torch.float64)), _spd(C, 7)
+    Q = torch.tensor([0, 1, 2, 3, 4, 6, 9, *range(17, 32), 33])  # rows 0 (6 of 8), 1 (1), 2 (7), 3 (all 8), 4 (1)
+    Ginv, Ainv = (torch.linalg.inv(G) if with_g else None), torch.linalg.inv(A)
+    for max_correlate in (0, 1, 3):
+        plain = kron.correlated_update(W, Ginv, Ainv, Q // C, Q % C, max_correlate)
+        kept = kron.correlated_update(W, Ginv, Ainv, Q // C, Q % C, max_correlate, A=A)
+        torch.testing.assert_close(kept, plain, rtol=1e-9, atol=1e-11)
+        assert (kept.flatten()[Q] == 0).all()
+    torch.testing.assert_close(kron.correlated_update(W, Ginv, Ainv, Q // C, Q % C, 0, A=A),
+                               _exact_constrained(W, G, A, Q), rtol=1e-8, atol=1e-10)
+    # rows over half are really taken the kept-set way: a wrong A changes exactly those rows' result
+    if not with_g:
+        wrong = kron.correlated_update(W, Ginv, Ainv, Q // C, Q % C, 1, A=2 * A + torch.eye(C, dtype=torch.float64))
+        changed = (wrong - kron.correlated_update(W, Ginv, Ainv, Q // C, Q % C, 1)).abs().amax(1) > 1e-9
+        assert changed.tolist() == [True, False, True, False, False]  # row 3 lost all: nothing kept to solve
+
+
+def test_a_factor_that_needed_extra_damping_stands_for_the_matrix_it_inverted():
+    """The kept-set solve uses A itself, so A must be the matrix A^-1 inverts, extra damping included."""
+    from surgeon.curvature.kron import Factor
+
+    M = torch.ones(6, 6, dtype=torch.float64)  # rank one: the plain Cholesky fails
+    f = Factor(M, 0.0)
+    inv = f.inverse(6, M)
+    torch.testing.assert_close(f.M @ inv, torch.eye(6, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("which", ["rows", "cols"])
 def test_row_and_column_updates_are_exact(which):
     R, C = 5, 4

@@ -45,7 +45,7 @@ class Unstructured(Structure):
             # and re-zeroing them after the update would undo part of its compensation.
             rows, cols = mask.nonzero(as_tuple=True)
             W = correlated_update(W, kron.Ginv(W), kron.Ainv(W), rows, cols, int(opts.max_correlate),
-                                   int(opts.solve_batch))
+                                   int(opts.solve_batch), kron.A_inverted(W))
         W[:, :mask.shape[1]][mask] = 0.0
         return W, {}
 

@@ -14,11 +14,18 @@ together O(R^2 C + R C^2), one dense G^-1 M A^-1 per shot; after the O(R^3 + C^3
 high sparsity the Cholesky term dominates: a shot removing a fraction f of a 4096 x 11008 MLP
 matrix is 4096 row systems of f * 11008 (at f = 0.1, 0.44 GFLOP each, 1.8 TFLOP per matrix);
 rows and columns are O(R C (R + C)) per chunk.
+
+A row that loses more than half its weights (common in later shots, where the global threshold
+prunes wide MLP rows deepest) is solved through its kept set K instead, when A is given: with
+B = A^-1, the block inverse gives B_KS B_SS^-1 = -A_KK^-1 A_KS, so the row's change
+A^-1[:, S] M_S = ([G^-1]_rr)^-1 [w_S on S; -A_KK^-1 A_KS w_S on K] needs a Cholesky of |K|, not
+|S|: at 70% of a 4864-wide row, 1,459^3 instead of 3,405^3, 13x fewer flops. Such rows are
+kept apart in P, already multiplied by A^-1, and the shot applies G^-1 (M A^-1 + P).
 """
 import torch
 
 
-def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int = 1) -> torch.Tensor:
+def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int = 1, A=None) -> torch.Tensor:
     """Removes the weights (rows[i], cols[i]) with correlated OBS updates, solved in chunks of
     whole rows of up to `max_correlate` weights (0 = all at once). Each chunk targets the weights
     as earlier chunks' updates left them (they carry forward). Returns the updated W with the
@@ -34,6 +41,9 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int 
     turns a full R x C update per chunk into one per shot. A chunk's K gathers [G^-1]_rr for
     each pair of its entries' rows and [A^-1]_cc for their columns.
 
+    `A` (the matrix A^-1 inverts, optional): a chunk of one row that removes more than half of
+    it is solved through its kept set (module docstring), the same update in fewer flops.
+
     `batch` > 1 solves that many chunks at once (one batched Cholesky of padded systems): the
     chunks of a batch see the earlier batches' updates, not each other's. Exact where G^-1 is
     None or diagonal (rows do not couple); otherwise it drops the coupling of G^-1's off-diagonal
@@ -41,7 +51,7 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int 
     high sparsity: 11,008 for Llama-2-7B's MLP) by R / batch launches."""
     order = torch.argsort(rows * W.shape[1] + cols)  # row-major: chunks are runs of whole rows
     rows, cols = rows[order], cols[order]
-    M = torch.zeros_like(W)
+    M, P = torch.zeros_like(W), None  # P: rows solved through their kept set, times A^-1 already
     chunks, step = _row_chunks(rows, max_correlate), max(1, batch)
     for g in range(0, len(chunks), step):
         group = chunks[g:g + step]
@@ -49,11 +59,34 @@ def correlated_update(W, Ginv, Ainv, rows, cols, max_correlate: int, batch: int 
         r, c = rows[s:e], cols[s:e]
         urows, inverse = torch.unique(r, return_inverse=True)
         left = M[urows] if Ginv is None else Ginv[urows] @ M             # (rows in chunks) x C
-        b = W[r, c] - (left @ Ainv)[inverse, c]                           # minus (G^-1 M A^-1)[r, c]
-        M[r, c] = _solve_chunks(Ginv, Ainv, r, c, b, [(cs - s, ce - s) for cs, ce in group])
-    W = W - (M if Ginv is None else Ginv @ M) @ Ainv
+        pending = left @ Ainv if P is None else left @ Ainv + (P[urows] if Ginv is None else Ginv[urows] @ P)
+        b = W[r, c] - pending[inverse, c]                                 # minus (G^-1 (M A^-1 + P))[r, c]
+        if A is not None and len(urows) == 1 and 2 * len(c) > W.shape[1]:
+            P = torch.zeros_like(W) if P is None else P
+            P[urows[0]] = _kept_set_row(A, c, b) / (1.0 if Ginv is None else Ginv[urows[0], urows[0]])
+        else:
+            M[r, c] = _solve_chunks(Ginv, Ainv, r, c, b, [(cs - s, ce - s) for cs, ce in group])
+    change = M @ Ainv if P is None else M @ Ainv + P
+    W = W - (change if Ginv is None else Ginv @ change)
     W[rows, cols] = 0.0
     return W
+
+
+def _kept_set_row(A, S, b):
+    """A^-1[:, S] [A^-1_SS]^-1 b without A^-1: b on the removed set S, -A_KK^-1 A_KS b on the kept K."""
+    kept = torch.ones(A.shape[0], dtype=torch.bool, device=A.device)
+    kept[S] = False
+    K = kept.nonzero().squeeze(1)
+    u = torch.zeros(A.shape[0], dtype=b.dtype, device=b.device)
+    u[S] = b
+    if len(K) == 0:
+        return u
+    rhs = (A @ u)[K].unsqueeze(-1)  # A_KS b: u is b on S, zero on K
+    AKK = A[K[:, None], K]
+    L, info = torch.linalg.cholesky_ex(AKK)
+    x = torch.linalg.solve(AKK, rhs) if int(info) else torch.cholesky_solve(rhs, L)
+    u[K] = -x.squeeze(-1)
+    return u
 
 
 def _row_chunks(rows, max_correlate: int) -> list[tuple[int, int]]:
@@ -96,11 +129,12 @@ def _solve_chunks(Ginv, Ainv, r, c, b, spans):
 
 
 def _solve_one(Ginv, Ainv, r, c, b):
-    """One span's system, as `_solve_chunks` solves it, built with index_select: a k x k fancy-index
-    gather is several times slower, and at high sparsity these gathers outweighed the Cholesky.
+    """One span's system, as `_solve_chunks` solves it. [A^-1]_cc is one 2-D gather from A^-1 stored
+    by row: 3x faster than index_select by rows then columns (17 against 48 ms for 2,432 of 4,864
+    columns), whose second pass gathers across strides; at high sparsity the gathers rivalled the Cholesky.
     Rows are sorted, so [G^-1]_rr is the small matrix of the span's distinct rows, spread out;
     a span of one row (the common case when rows are long) scales A^-1's block by one number."""
-    K = Ainv.index_select(0, c).index_select(1, c)
+    K = Ainv[c[:, None], c]
     u, inverse = torch.unique_consecutive(r, return_inverse=True)
     if len(u) > 1:
         Gu = (torch.eye(len(u), dtype=K.dtype, device=K.device) if Ginv is None
