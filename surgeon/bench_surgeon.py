@@ -15,7 +15,7 @@ removing 10% of each row, chunks of up to 500, random SPD factors (Wishart from 
 damped 1%), one chunk at a time (method.solve_batch=1) against batches of 64; with the loss each
 reaches, 1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed
 with the inverses in LAPACK's column-major storage (`layout` "column"), as they were before
-robust_cholesky_inverse handed them back by row. The down projection is also timed at 70% of
+robust_cholesky_inverse_ handed them back by row. The down projection is also timed at 70% of
 each row, as later shots reach, with and without A given (`kept_set`: such rows are solved
 through their kept 30%). Writes outputs/bench/surgeon_solve.{json,md}.
 """
@@ -46,14 +46,14 @@ SOLVE_SHAPES = [(1536, 576), (2816, 1024), (5632, 2048), (896, 4864)]  # the las
 def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 500, deep: float = 0.7) -> list[dict]:
     import torch
 
-    from surgeon.curvature.kron import robust_cholesky_inverse
+    from surgeon.curvature.kron import robust_cholesky_inverse_
     from surgeon.update.correlated import correlated_update
 
     def spd(n, gen):
         X = torch.randn(n, 2048, generator=gen)
         F = X @ X.T / 2048
         F += 0.01 * F.diag().mean() * torch.eye(n)
-        return robust_cholesky_inverse(F), F
+        return robust_cholesky_inverse_(F), F
 
     def by_column(M):  # the same values in column-major storage
         return M.T.contiguous().T

@@ -21,16 +21,17 @@ def damp_(M: torch.Tensor, damp: float) -> torch.Tensor:
     return M
 
 
-def robust_cholesky_inverse(H: torch.Tensor, tries: int = 6, extra_out: list | None = None) -> torch.Tensor:
-    """Inverse of an SPD matrix; damping grows tenfold per failed Cholesky instead of NaN.
-    `extra_out` receives the damping added (0.0 when H factored as given)."""
+def robust_cholesky_inverse_(H: torch.Tensor, tries: int = 6) -> torch.Tensor:
+    """Inverse of an SPD matrix; damping grows tenfold per failed Cholesky instead of NaN. The
+    damping it took is added to H in place, so H stays the matrix its inverse inverts (the
+    kept-set solve of surgeon/update/correlated.py uses both)."""
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     extra, scale = 0.0, torch.mean(torch.diag(H)).item()
     for _ in range(tries):
         L, info = torch.linalg.cholesky_ex(H + extra * eye)
         if info.item() == 0:
-            if extra_out is not None:
-                extra_out.append(extra)
+            if extra:
+                H.diagonal().add_(extra)
             # LAPACK hands back column-major storage; the updates gather rows of the inverse per
             # removed set, which is ~20x slower across strides (the same values, laid out by row)
             return torch.cholesky_inverse(L).contiguous()
@@ -61,13 +62,8 @@ class Factor:
         if self._inv is None:
             if self.M is None:
                 self._inv = torch.eye(n, dtype=like.dtype, device=like.device)
-            elif self.full:
-                extra = []
-                self._inv = robust_cholesky_inverse(self.M, extra_out=extra)
-                if extra[0]:  # the matrix inverted is the one the factor stands for from now on
-                    self.M.diagonal().add_(extra[0])
             else:
-                self._inv = torch.diag(1.0 / self.M)
+                self._inv = robust_cholesky_inverse_(self.M) if self.full else torch.diag(1.0 / self.M)
         return self._inv
 
     def inv_diag(self, n: int, like: torch.Tensor) -> torch.Tensor:
