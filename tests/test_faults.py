@@ -193,6 +193,31 @@ def test_parallel_jobs_that_find_no_model_cache_build_it_once(tmp_path, monkeypa
     assert cache.damage(folder) is None
 
 
+def test_parallel_jobs_that_find_no_dense_figures_measure_them_once(tmp_path, monkeypatch):
+    """Two jobs of one model miss the dense cache together: one measures, the other waits for the
+    entry's lock and reads its figures; before the lock each measured them (a dense zero-shot pass
+    of a 0.5B model is most of an hour on a CPU)."""
+    import threading
+    import time
+
+    perplexity = importlib.import_module("surgeon.eval.perplexity")  # the package's name is a function
+    monkeypatch.setenv("SURGEON_CACHE", str(tmp_path))
+    measured, found = [], []
+
+    def measure():
+        measured.append(threading.current_thread().name)
+        time.sleep(0.5)
+        return {"wiki_heldout": 17.25}
+
+    jobs = [threading.Thread(target=lambda: found.append(perplexity.dense_cached({"model": "m"}, measure)))
+            for _ in range(2)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join()
+    assert len(measured) == 1 and found == [{"wiki_heldout": 17.25}] * 2
+
+
 def test_the_dense_cache_is_keyed_by_the_weights(tmp_path, compose_cfg):
     loading = importlib.import_module("surgeon.model.load")
 
