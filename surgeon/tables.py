@@ -6,7 +6,8 @@ group when there are several); nothing of one group lands in another's cells. Wi
 rows are methods (dense first), columns are (structure, sparsity) settings, one table per eval
 corpus; the best pruned perplexity of each column is bold. Runs with zero-shot accuracy add a
 table in the zero-shot papers' layout: a row per (method, setting), a column per task and the
-mean, the best pruned accuracy bold. Two runs of one cell are never silently merged: with
+mean, the best pruned accuracy bold, and below the methods the accuracy of always giving each
+multiple-choice task's most frequent answer (a model collapsed to one answer scores it). Two runs of one cell are never silently merged: with
 different seeds the cell shows their mean ± standard deviation (n runs); with the same seed the
 newest is shown and a warning names both. Writes tables.md and tables.tex next to the first
 directory and prints the Markdown.
@@ -25,6 +26,8 @@ from omegaconf import OmegaConf
 from surgeon.config import CONF_DIR, fisher_kind
 
 _KFAC_DAMP_G = OmegaConf.load(CONF_DIR / "curvature" / "kfac.yaml").damp_g  # the preset's default
+MAJORITY = "majority answer"  # zero-shot reference row: always the most frequent gold choice
+REFERENCE = ("dense", MAJORITY)  # rows that are never bold
 METHOD_ORDER = ["magnitude", "l_obd", "k_obd", "wanda", "sparsegpt", "slimgpt", "llm_surgeon", "compresso"]
 
 
@@ -191,12 +194,14 @@ def _order(methods):
         return METHOD_ORDER.index(base) if base in METHOD_ORDER else 99
     def natural(m):  # 16 x 512 before 128 x 512
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", m)]
-    return sorted(methods, key=lambda m: (m != "dense", rank(m), natural(m)))
+    return sorted(methods, key=lambda m: ({"dense": 0, MAJORITY: 2}.get(m, 1), rank(m), natural(m)))
 
 
 def zero_shot(results: list[dict]) -> dict | None:
     """{"columns": tasks + ["mean"], "rows": {"<method> <setting>": {task: accuracy}}} with a dense
     row, or None if no run measured zero-shot accuracy. Accuracy is each run's primary metric."""
+    from surgeon.errors import SurgeonError
+    from surgeon.eval import zero_shot as zero_shot_eval
     from surgeon.eval.zero_shot import STANDARD
 
     runs_zs = [r for r in results if r.get("zero_shot")]
@@ -214,14 +219,22 @@ def zero_shot(results: list[dict]) -> dict | None:
                                                                r.get("_path", "?")))
     for name, row in cells.items():
         table[name] = {task: merge(runs, f"{name} {task}") for task, runs in row.items()}
+    limits = {r["zero_shot"]["limit"] for r in runs_zs}
+    if all(r["zero_shot"]["source"] == "local" for r in runs_zs) and len(limits) == 1:
+        try:
+            floor = zero_shot_eval.majority(sorted(tasks), limits.pop())
+        except SurgeonError as e:  # the documents' wheel is not installed here: no reference row
+            print(f"note: no {MAJORITY} row ({e})", file=sys.stderr)
+        else:
+            table[MAJORITY] = {**floor, **({"mean": sum(floor.values()) / len(floor)} if len(floor) == len(tasks) else {})}
     return {"columns": columns, "rows": table}
 
 
 def _cells(table, best_of=min):
     cols, rows = table["columns"], table["rows"]
-    best = {c: best_of((rows[m][c] for m in rows if m != "dense" and c in rows[m]), default=None) for c in cols}
+    best = {c: best_of((rows[m][c] for m in rows if m not in REFERENCE and c in rows[m]), default=None) for c in cols}
     for m in _order(rows):
-        yield m, [(rows[m].get(c), m != "dense" and rows[m].get(c) == best[c]) for c in cols]
+        yield m, [(rows[m].get(c), m not in REFERENCE and rows[m].get(c) == best[c]) for c in cols]
 
 
 def _tex(text: str) -> str:

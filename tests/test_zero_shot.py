@@ -84,7 +84,7 @@ def test_run_records_zero_shot_and_tables_show_it(compose_cfg, tmp_path):
     assert saved["zero_shot"]["mean"] == pytest.approx(sum(saved["zero_shot"]["primary"].values()) / 2)
     table = zero_shot_table([res])
     assert table["columns"] == ["winogrande", "arc_easy", "mean"]  # the standard order
-    assert set(table["rows"]) == {"dense", "magnitude, unstructured 50%"}
+    assert set(table["rows"]) == {"dense", "magnitude, unstructured 50%", "majority answer"}
     md = zero_shot_markdown(table)
     assert "| magnitude, unstructured 50% |" in md and "first" not in md
 
@@ -101,6 +101,20 @@ def test_zero_shot_table_layout_and_best_in_bold():
     md = zero_shot_markdown(table).splitlines()
     assert md[4] == "| dense | 90.0 | 45.0 | 67.5 |"  # dense first, never bold
     assert "| sparsegpt, unstructured 50% | **70.0** | **35.0** | **52.5** |" in md
+    floor = table["rows"]["majority answer"]  # last, never bold, over every document (limit None)
+    assert md[-1].startswith("| majority answer |") and "**" not in md[-1]
+    golds = [d["gold"] for d in _docs("piqa")]
+    assert floor["piqa"] == pytest.approx(max(golds.count(0), golds.count(1)) / len(golds))
+    assert floor["mean"] == pytest.approx((floor["piqa"] + floor["boolq"]) / 2)
+
+
+def test_majority_answer_is_the_share_of_the_most_frequent_gold_choice():
+    got = zero_shot.majority(["boolq", "hellaswag", "winogrande", "lambada_openai"], 200)
+    assert got["boolq"] == pytest.approx(0.635)  # the first 200 BoolQ questions: 127 "no"
+    for task in ("hellaswag", "winogrande"):
+        golds = [d["gold"] for d in _docs(task)[:200]]
+        assert got[task] == pytest.approx(max(golds.count(g) for g in range(4)) / 200)
+    assert "lambada_openai" not in got  # a free continuation has no answer to always give
 
 
 def test_bad_zero_shot_configs(compose_cfg):
