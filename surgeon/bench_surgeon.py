@@ -15,9 +15,9 @@ removing 10% of each row, chunks of up to 500, random SPD factors (Wishart from 
 damped 1%), one chunk at a time (method.solve_batch=1) against batches of 64; with the loss each
 reaches, 1/2 tr(dW^T G dW A), relative to the sequential one. One chunk at a time is also timed
 with the inverses in LAPACK's column-major storage (`layout` "column"), as they were before
-robust_cholesky_inverse_ handed them back by row. The down projection is also timed at 70% of
-each row, as later shots reach, with and without A given (`kept_set`: such rows are solved
-through their kept 30%). Writes outputs/bench/surgeon_solve.{json,md}.
+robust_cholesky_inverse_ handed them back by row. Qwen2.5-0.5B's down and gate / up projections are
+also timed at 70% of each row, as later shots reach, with and without A given (`kept_set`: such
+rows are solved through their kept 30%). Writes outputs/bench/surgeon_solve.{json,md}.
 """
 import json
 import subprocess
@@ -61,7 +61,8 @@ def solve_points(batches=(1, 64), fraction: float = 0.1, max_correlate: int = 50
     rows_out = []
     cases = [(shape, fraction, [(b, "row", True) for b in batches] + [(batches[0], "column", True)])
              for shape in SOLVE_SHAPES]
-    cases.append((SOLVE_SHAPES[-1], deep, [(batches[0], "row", True), (batches[0], "row", False)]))
+    for shape in (SOLVE_SHAPES[-1], SOLVE_SHAPES[-1][::-1]):
+        cases.append((shape, deep, [(batches[0], "row", True), (batches[0], "row", False)]))
     for (R, C), frac, runs in cases:
         gen = torch.Generator().manual_seed(0)
         (Ginv, G), (Ainv, A) = spd(R, gen), spd(C, gen)
