@@ -7,8 +7,8 @@ rows are methods (dense first), columns are (structure, sparsity) settings, one 
 corpus; the best pruned perplexity of each column is bold. Runs with zero-shot accuracy add a
 table in the zero-shot papers' layout: a row per (method, setting), a column per task and the
 mean, the best pruned accuracy bold, and below the methods the accuracy of always giving each
-multiple-choice task's most frequent answer (a model collapsed to one answer scores it). Two runs of one cell are never silently merged: with
-different seeds the cell shows their mean ± standard deviation (n runs); with the same seed the
+multiple-choice task's most frequent answer (a model collapsed to one answer scores it). Two runs
+of one cell are never silently merged: with different seeds the cell shows their mean ± standard deviation (n runs); with the same seed the
 newest is shown and a warning names both. Writes tables.md and tables.tex next to the first
 directory and prints the Markdown.
 """

@@ -8,12 +8,14 @@ tasks of the same names instead (needs the hub). Either way the harness does the
 `HFLM(pretrained=<model object>)` (its head applied only where a request is scored: `tail_lm`) +
 `simple_evaluate`, zero-shot.
 """
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -138,7 +140,6 @@ def local_tasks(tasks) -> Path:
     return root
 
 
-
 def majority(tasks, limit) -> dict[str, float]:
     """Per multiple-choice task, the accuracy of always answering the choice index that is most often
     gold among its first `limit` documents (all if None): what a model that collapsed to one answer
@@ -149,9 +150,10 @@ def majority(tasks, limit) -> dict[str, float]:
         if SPECS[task]["output_type"] != "multiple_choice":
             continue
         with open(root / f"{PREFIX}{task}.jsonl", encoding="utf-8") as f:
-            golds = [json.loads(line)["gold"] for i, line in enumerate(f) if limit is None or i < limit]
-        out[task] = max(golds.count(g) for g in set(golds)) / len(golds)
+            golds = [json.loads(line)["gold"] for line in itertools.islice(f, limit)]
+        out[task] = Counter(golds).most_common(1)[0][1] / len(golds)
     return out
+
 
 # the harness holds a batch's logits over the whole vocabulary about three times over (the
 # model's output, its log-softmax, a gathered copy) while it scores one batch
